@@ -10,6 +10,7 @@ returned as strings so the caller can log and record them.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,11 @@ class ImageReport:
     warnings: list[str] = field(default_factory=list)
 
 
+def _short(exc: Exception) -> str:
+    """First line of an exception message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _fail(path: Path, problem: str, fix: str) -> InputDataError:
     return InputDataError(f"{path}: {problem}.", fix)
 
@@ -64,10 +70,13 @@ def load_header(path: Path) -> nb.Nifti1Image:
     """Load the NIfTI header, turning nibabel's low-level errors into a clear message."""
     try:
         img = nb.load(str(path))
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
-        raise _fail(path, f"cannot be read as NIfTI ({exc})", "The file is corrupt or truncated: re-copy it.") from None
     except nb.filebasedimages.ImageFileError as exc:
         raise _fail(path, f"is not a NIfTI image ({exc})", "Convert it to NIfTI-1 (.nii.gz), e.g. with dcm2niix.") from None
+    except (EOFError, OSError, ValueError, zlib.error, nb.spatialimages.HeaderDataError) as exc:
+        raise _fail(
+            path, f"cannot be read as NIfTI: the file is truncated or holds only a header ({_short(exc)})",
+            "The file is corrupt: re-copy or re-convert it.",
+        ) from None
     if not isinstance(img, (nb.Nifti1Image, nb.Nifti2Image)):
         raise _fail(path, f"is a {type(img).__name__}, not NIfTI", "Convert it to NIfTI (.nii.gz).")
     return img
@@ -89,9 +98,22 @@ def check_dimensions(path: Path, img: nb.Nifti1Image) -> tuple[int, ...]:
     return shape
 
 
+def raw_pixdim(path: Path) -> tuple[float, ...]:
+    """Voxel sizes as stored on disk (nibabel silently replaces 0 by 1 when loading)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read(540)
+    header_class = nb.Nifti2Header if len(raw) >= 540 and int.from_bytes(raw[:4], "little") == 540 else nb.Nifti1Header
+    try:
+        header = header_class.from_fileobj(io.BytesIO(raw), check=False)
+    except Exception:  # unusual headers: fall back to what nibabel loaded
+        return ()
+    return tuple(float(z) for z in header["pixdim"][1:4])
+
+
 def check_voxel_sizes(path: Path, img: nb.Nifti1Image) -> tuple[float, ...]:
     """Reject voxel sizes that are zero, negative, non-finite or larger than 10 mm."""
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    zooms = raw_pixdim(path) or tuple(float(z) for z in img.header.get_zooms()[:3])
     bad = [z for z in zooms if not np.isfinite(z) or z <= 0 or z > MAX_VOXEL_MM]
     if bad:
         sizes = " x ".join(f"{z:g}" for z in zooms)
@@ -160,7 +182,7 @@ def check_voxel_values(path: Path, img: nb.Nifti1Image) -> list[str]:
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise _fail(
             path,
-            f"image data cannot be read: the file is truncated or holds only a header ({exc})",
+            f"image data cannot be read: the file is truncated or holds only a header ({_short(exc)})",
             "Re-copy or re-convert the image.",
         ) from None
     if data.size == 0:

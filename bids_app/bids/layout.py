@@ -10,6 +10,7 @@ in the outputs' provenance, never silently dropped.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +142,9 @@ def check_bids_root(bids_dir: Path) -> None:
         raise UsageError(f"bids_dir {bids_dir} does not exist.", "Check the path (and the -v bind mount in Docker).")
     if not bids_dir.is_dir():
         raise UsageError(f"bids_dir {bids_dir} is not a directory.", "Give the root folder of a BIDS dataset.")
+    if not os.access(bids_dir, os.R_OK | os.X_OK):
+        raise UsageError(f"bids_dir {bids_dir} is not readable by this user.",
+                         "Fix its permissions (in Docker/Singularity, check the bind mount and the user id).")
     if not (bids_dir / "dataset_description.json").exists():
         raise InputDataError(
             f"{bids_dir} is not a BIDS dataset: it has no dataset_description.json.",
