@@ -26,7 +26,7 @@ ENTITY_ORDER = ("sub", "ses", "atlas", "from", "to", "mode", "space", "res", "la
 #: Files BIDS cannot name yet; listed in the derivative's .bidsignore.
 BIDSIGNORE = (
     "*.html",
-    "**/figures/",
+    "**/figures",
     "logs/",
     "*_xfm.*",
     "*_morph.tsv",
@@ -213,9 +213,38 @@ def write_tsv(path: Path, frame) -> Path:
     return atomic_write(path, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a"))
 
 
-def sidecar(sources: list[str], **fields: Any) -> dict:
-    """Common sidecar content: Sources, software version, then step-specific fields."""
-    return {"Sources": list(sources), "GeneratedBy": [generated_by()], **fields}
+def sidecar(kind: str, sources: list[str], skull_stripped: bool | None = None, resolution_mm: float | None = None,
+            **fields: Any) -> dict:
+    """Sidecar of an output: Sources, software, the metadata BIDS requires for ``kind``, then ``fields``.
+
+    BIDS requires ``SkullStripped`` for preprocessed T1w images and ``Resolution``
+    for files carrying the ``res-`` entity; forgetting either is a validator error.
+    """
+    spec = OUTPUTS[kind]
+    meta: dict[str, Any] = {"Sources": list(sources), "GeneratedBy": [generated_by()]}
+    if spec.suffix == "T1w" and spec.extension.startswith(".nii"):
+        if skull_stripped is None:
+            raise ValueError(f"output {kind!r} needs skull_stripped=True/False (SkullStripped is required)")
+        meta["SkullStripped"] = bool(skull_stripped)
+    if any(k == "res" for k, _ in spec.entities):
+        if resolution_mm is None:
+            raise ValueError(f"output {kind!r} needs resolution_mm (Resolution is required with res-)")
+        label = resolution_label(resolution_mm)
+        meta["Resolution"] = {label: f"{resolution_mm:g} mm isotropic voxels, template grid"}
+    if spec.description:
+        meta["Description"] = spec.description[0].upper() + spec.description[1:] + "."
+    meta.update(fields)
+    return meta
+
+
+def write_atlas_description(output_dir: Path, atlas: str, metadata: dict) -> Path:
+    """``atlas-<name>_description.json`` at the dataset root: source, licence and citation of an atlas."""
+    return write_json(Path(output_dir) / f"atlas-{atlas}_description.json", {"Name": atlas, **metadata})
+
+
+def write_atlas_labels(output_dir: Path, atlas: str, labels) -> Path:
+    """``atlas-<name>_dseg.tsv`` at the dataset root (index, name) for the atlas dseg files."""
+    return write_tsv(Path(output_dir) / f"atlas-{atlas}_dseg.tsv", labels)
 
 
 def generated_by() -> dict:
