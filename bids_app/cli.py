@@ -27,6 +27,9 @@ participant  per subject (and session): conform, N4 bias correction, brain extra
              MRIQC-compatible image-quality metrics and QC flags, an HTML report.
 group        over the participants' derivatives in output_dir: aggregate tables, QC
              exclusion, ROI statistics and voxel-based morphometry, a group report.
+
+status       in this version both levels check their inputs (BIDS validation, image
+             sanity, participant outputs) and stop: processing is not implemented yet.
 """
 
 EPILOG = """examples:
