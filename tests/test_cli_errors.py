@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bids_app.cli import main
-from bids_app.errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_PARTIAL, EX_USAGE
+from bids_app.errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_PARTIAL, EX_UNAVAILABLE, EX_USAGE
 
 from conftest import PUMI, ROOT, require
 
@@ -271,3 +271,26 @@ def test_version_and_help(capsys):
     out = capsys.readouterr().out
     for group in ("BIDS input", "Performance", "Workflow", "Other", "participant  per subject", "group        over"):
         assert group in out
+
+
+# --------------------------------------------------------------------- resources
+
+
+def test_unknown_atlas_is_a_usage_error(capsys, make_bids, tmp_path):
+    code, err = participant(capsys, make_bids(), tmp_path / "out", "--atlas", "AAL3", "Brodmann")
+    assert code == EX_USAGE
+    assert "unknown atlas 'Brodmann'" in err and "AAL3" in err and "Mori" in err
+
+
+def test_missing_resource_names_the_file(capsys, make_bids, tmp_path, monkeypatch):
+    monkeypatch.setenv("MORPHOBIDS_RESOURCES", str(tmp_path / "empty"))
+    monkeypatch.delenv("TEMPLATEFLOW_HOME", raising=False)
+    code, err = participant(capsys, make_bids(), tmp_path / "out")
+    assert code == EX_UNAVAILABLE
+    assert "tpl-MNI152NLin2009cAsym" in err and "bids_app.resources build" in err
+
+
+def test_unknown_template_is_a_missing_resource(capsys, make_bids, tmp_path):
+    code, err = participant(capsys, make_bids(), tmp_path / "out", "--template", "MNIColin27")
+    assert code == EX_UNAVAILABLE
+    assert "tpl-MNIColin27" in err and "TEMPLATEFLOW_HOME" in err

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from bids_app.bids import derivatives, image_checks, layout, participants, validator
 from bids_app.config import Settings
-from bids_app.errors import InputDataError, MorphoBIDSError
+from bids_app.errors import InputDataError, MorphoBIDSError, ResourceError, UsageError
 
 LOG = logging.getLogger("morphobids")
 
@@ -35,6 +35,36 @@ def check_paths(settings: Settings) -> None:
     derivatives.check_output_location(settings.bids_dir, settings.work_dir)
     derivatives.ensure_writable(settings.output_dir, "output_dir")
     derivatives.ensure_writable(settings.work_dir, "work_dir (-w)")
+
+
+def check_resources(settings: Settings) -> dict[str, object]:
+    """Resolve the template, priors and atlases the run needs, before any work starts.
+
+    An unknown atlas name is a usage error (exit 64) listing the choices; a known
+    resource that is not available offline is a :class:`ResourceError` (exit 69).
+    """
+    from bids_app import resources
+
+    if not settings.atlases:
+        settings.atlases = list(resources.DEFAULT_ATLASES)
+    known = {a.lower(): a for a in resources.available_atlases()}
+    found: dict[str, object] = {}
+    for name in settings.atlases:
+        try:
+            found[f"atlas-{name}"] = resources.get_atlas(name, settings.template)
+        except ResourceError:
+            if name.lower() not in known:
+                raise UsageError(f"unknown atlas {name!r} (--atlas).",
+                                 f"Choose from: {', '.join(sorted(known.values()))}.") from None
+            raise
+    res = int(settings.output_resolution)
+    for resolution in sorted({1, res}):
+        found[f"T1w-res{resolution}"] = resources.get_template(settings.template, resolution, "T1w")
+        found[f"mask-res{resolution}"] = resources.get_template(settings.template, resolution, "mask", desc="brain")
+        for label in ("GM", "WM", "CSF"):
+            found[f"{label}-res{resolution}"] = resources.get_template(
+                settings.template, resolution, "probseg", label=label)
+    return found
 
 
 def check_session(inputs: layout.SessionInputs, affine_source: str) -> dict[str, image_checks.ImageReport]:
@@ -67,6 +97,7 @@ def check_session(inputs: layout.SessionInputs, affine_source: str) -> dict[str,
 def prepare_participant_inputs(settings: Settings) -> CheckedInputs:
     """Run every input check of the participant level."""
     check_paths(settings)
+    check_resources(settings)
     if settings.skip_bids_validator:
         LOG.info("BIDS validation skipped (--skip_bids_validator).")
     else:
