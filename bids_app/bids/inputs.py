@@ -47,8 +47,15 @@ def check_resources(settings: Settings) -> dict[str, object]:
 
     if not settings.atlases:
         settings.atlases = list(resources.DEFAULT_ATLASES)
-    known = {a.lower(): a for a in resources.available_atlases()}
     found: dict[str, object] = {}
+    res = int(settings.output_resolution)
+    for resolution in sorted({1, res}):
+        found[f"T1w-res{resolution}"] = resources.get_template(settings.template, resolution, "T1w")
+        found[f"mask-res{resolution}"] = resources.get_template(settings.template, resolution, "mask", desc="brain")
+        for label in ("GM", "WM", "CSF"):
+            found[f"{label}-res{resolution}"] = resources.get_template(
+                settings.template, resolution, "probseg", label=label)
+    known = {a.lower(): a for a in resources.available_atlases()}
     for name in settings.atlases:
         try:
             found[f"atlas-{name}"] = resources.get_atlas(name, settings.template)
@@ -57,13 +64,6 @@ def check_resources(settings: Settings) -> dict[str, object]:
                 raise UsageError(f"unknown atlas {name!r} (--atlas).",
                                  f"Choose from: {', '.join(sorted(known.values()))}.") from None
             raise
-    res = int(settings.output_resolution)
-    for resolution in sorted({1, res}):
-        found[f"T1w-res{resolution}"] = resources.get_template(settings.template, resolution, "T1w")
-        found[f"mask-res{resolution}"] = resources.get_template(settings.template, resolution, "mask", desc="brain")
-        for label in ("GM", "WM", "CSF"):
-            found[f"{label}-res{resolution}"] = resources.get_template(
-                settings.template, resolution, "probseg", label=label)
     return found
 
 
