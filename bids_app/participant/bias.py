@@ -1,0 +1,58 @@
+"""N4 bias-field correction (Tustison et al., 2010, IEEE TMI 29:1310) with antspyx.
+
+The field is estimated inside a head mask (Otsu threshold of the smoothed image,
+largest component, holes filled), so background noise does not drive the B-spline
+fit, and on a shrunk grid (``shrink_factor``) for speed. The returned field is the
+multiplicative bias (``corrected = image / field``), kept for the INU metrics of QC.
+"""
+
+from __future__ import annotations
+
+import ants
+import nibabel as nb
+import numpy as np
+from scipy import ndimage
+
+from bids_app.participant.antsio import from_ants, to_ants
+
+#: A fast N4 schedule: 3 fitting levels, 40/30/20 iterations (antspyx default: 4 x 50).
+N4_CONVERGENCE = {"iters": [40, 30, 20], "tol": 1e-6}
+
+
+def head_mask(img: nb.Nifti1Image) -> nb.Nifti1Image:
+    """Foreground (head) mask: Otsu threshold of the smoothed image, largest component, filled."""
+    from skimage.filters import threshold_otsu
+
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    smooth = ndimage.gaussian_filter(data, 1.0)
+    mask = smooth > threshold_otsu(smooth[smooth > 0] if (smooth > 0).any() else smooth) * 0.5
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, range(1, n + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    mask = ndimage.binary_closing(mask, iterations=2)
+    mask = np.stack([ndimage.binary_fill_holes(mask[:, :, k]) for k in range(mask.shape[2])], axis=2)
+    mask = ndimage.binary_fill_holes(mask)
+    return nb.Nifti1Image(mask.astype(np.uint8), img.affine)
+
+
+def n4(img: nb.Nifti1Image, mask: nb.Nifti1Image | None = None, shrink_factor: int | None = None,
+       convergence: dict | None = None) -> tuple[nb.Nifti1Image, nb.Nifti1Image]:
+    """Return (bias-corrected image, multiplicative bias field), both float32 on ``img``'s grid.
+
+    ``shrink_factor`` defaults to a working grid of about 4 mm (4 for 1 mm input, 2 for 2 mm).
+    """
+    mask = mask if mask is not None else head_mask(img)
+    if shrink_factor is None:
+        shrink_factor = max(1, int(round(4.0 / min(img.header.get_zooms()[:3]))))
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    offset = float(min(data.min(), 0.0))
+    shifted = nb.Nifti1Image(data - offset + 1e-3, img.affine)  # N4 works in log space: keep > 0
+    field = ants.n4_bias_field_correction(
+        to_ants(shifted), mask=to_ants(mask, dtype=np.float32), shrink_factor=shrink_factor,
+        convergence=convergence or N4_CONVERGENCE, return_bias_field=True,
+    )
+    bias = from_ants(field, img).get_fdata(dtype=np.float32)
+    bias = np.where(bias > 0, bias, 1.0).astype(np.float32)
+    corrected = (data - offset + 1e-3) / bias + offset
+    return nb.Nifti1Image(corrected.astype(np.float32), img.affine), nb.Nifti1Image(bias, img.affine)
