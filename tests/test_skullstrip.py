@@ -1,0 +1,39 @@
+"""Brain extraction on real scans: deepbet volumes, pre-stripped detection."""
+
+from __future__ import annotations
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_app.participant.conform import conform
+from bids_app.participant.skullstrip import deepbet_mask, is_brain_extracted, mask_from_stripped
+
+from conftest import DS000011, STROKE, require
+
+
+def _volume_ml(mask: nb.Nifti1Image) -> float:
+    return float(np.asanyarray(mask.dataobj).astype(bool).sum() * np.prod(mask.header.get_zooms()[:3]) / 1000)
+
+
+def test_prestripped_detection_on_real_data(pumi_t1w):
+    stroke = next(require(STROKE).glob("sub-*/anat/*_T1w.nii.gz"))
+    assert is_brain_extracted(conform(nb.load(stroke))[0])
+    assert not is_brain_extracted(conform(pumi_t1w)[0])
+    assert not is_brain_extracted(conform(nb.load(require(DS000011) / "sub-01/anat/sub-01_T1w.nii.gz"))[0])
+
+
+def test_mask_of_prestripped_input_is_its_foreground():
+    img, _ = conform(nb.load(next(require(STROKE).glob("sub-*/anat/*_T1w.nii.gz"))))
+    mask = mask_from_stripped(img)
+    assert 900 < _volume_ml(mask) < 1400
+
+
+@pytest.mark.slow
+def test_deepbet_on_a_real_head(pumi_t1w):
+    img, _ = conform(pumi_t1w)
+    mask = deepbet_mask(img, nthreads=2)
+    assert 1100 < _volume_ml(mask) < 1900  # adult brain incl. CSF
+    data = np.asanyarray(mask.dataobj).astype(bool)
+    # one piece, away from the image border
+    assert not data[0].any() and not data[-1].any() and not data[:, :, 0].any()
