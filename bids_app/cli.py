@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     other = parser.add_argument_group("Other")
     other.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     other.add_argument("--debug", action="store_true", help="show tracebacks and keep all intermediate files")
+    other.add_argument("--dry-run", action="store_true",
+                       help="check inputs and resources, report what would be processed, process nothing")
     return parser
 
 

@@ -54,6 +54,7 @@ class Settings:
     affine_source: str = "strict"
     verbose: int = 0
     debug: bool = False
+    dry_run: bool = False
 
     def __post_init__(self):
         self.bids_dir = _absolute(self.bids_dir)
@@ -84,6 +85,7 @@ class Settings:
             affine_source=args.affine_source,
             verbose=args.verbose,
             debug=args.debug,
+            dry_run=args.dry_run,
         )
         if args.nprocs:
             kwargs["nprocs"] = args.nprocs

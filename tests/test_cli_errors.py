@@ -29,7 +29,8 @@ def run_cli(capsys, *args):
 
 
 def participant(capsys, bids_dir, out, *extra):
-    return run_cli(capsys, bids_dir, out, "participant", "-w", out.parent / "work", "--skip_bids_validator", *extra)
+    return run_cli(capsys, bids_dir, out, "participant", "-w", out.parent / "work", "--skip_bids_validator", "--dry-run",
+                   *extra)
 
 
 # --------------------------------------------------------------------- paths and labels
@@ -249,10 +250,10 @@ def test_validator_errors_stop_the_run_with_a_summary(capsys, copy_dataset, tmp_
 
 def test_skip_validator_runs_real_dataset(capsys, tmp_path):
     code, err = run_cli(capsys, require(PUMI), tmp_path / "out", "participant", "-w", tmp_path / "w",
-                        "--skip_bids_validator")
+                        "--skip_bids_validator", "--dry-run")
     assert code == 0
     assert "1 session(s) ready (sub-001)" in err
-    assert "not implemented yet" in err
+    assert "nothing processed" in err and not (tmp_path / "out" / "sub-001").exists()
 
 
 def test_subprocess_exit_code_and_no_traceback(tmp_path):

@@ -26,6 +26,7 @@ class CheckedInputs:
     failed: dict[str, str] = field(default_factory=dict)
     participants: participants.Participants | None = None
     reports: dict[str, image_checks.ImageReport] = field(default_factory=dict)
+    resources: dict[str, object] = field(default_factory=dict)
 
 
 def check_paths(settings: Settings) -> None:
@@ -51,6 +52,7 @@ def check_resources(settings: Settings) -> dict[str, object]:
     res = int(settings.output_resolution)
     for resolution in sorted({1, res}):
         found[f"T1w-res{resolution}"] = resources.get_template(settings.template, resolution, "T1w")
+        found[f"brain-res{resolution}"] = resources.get_template(settings.template, resolution, "T1w", desc="brain")
         found[f"mask-res{resolution}"] = resources.get_template(settings.template, resolution, "mask", desc="brain")
         for label in ("GM", "WM", "CSF"):
             found[f"{label}-res{resolution}"] = resources.get_template(
@@ -86,6 +88,8 @@ def check_session(inputs: layout.SessionInputs, affine_source: str) -> dict[str,
             continue
         for message in reports[contrast].warnings:
             LOG.warning("%s: %s", path.name, message)
+    if "T1w" in reports:
+        inputs.affine_source = reports["T1w"].affine_source
     for contrast, others in inputs.alternatives.items():
         LOG.info("%s: %d other %s image(s) not used (selection rule: highest resolution, largest field of "
                  "view, last run): %s -> using %s", inputs.key, len(others), contrast,
@@ -97,7 +101,7 @@ def check_session(inputs: layout.SessionInputs, affine_source: str) -> dict[str,
 def prepare_participant_inputs(settings: Settings) -> CheckedInputs:
     """Run every input check of the participant level."""
     check_paths(settings)
-    check_resources(settings)
+    found = check_resources(settings)
     if settings.skip_bids_validator:
         LOG.info("BIDS validation skipped (--skip_bids_validator).")
     else:
@@ -107,7 +111,7 @@ def prepare_participant_inputs(settings: Settings) -> CheckedInputs:
     table = participants.read_participants(settings.bids_dir, sorted(lay.get_subjects()))
     for message in table.warnings:
         LOG.warning("%s", message)
-    checked = CheckedInputs(participants=table)
+    checked = CheckedInputs(participants=table, resources=found)
     for inputs in layout.collect_inputs(lay, subjects, settings.session_label):
         try:
             reports = check_session(inputs, settings.affine_source)

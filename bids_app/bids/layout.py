@@ -32,6 +32,7 @@ class SessionInputs:
     session: str | None
     images: dict[str, Path] = field(default_factory=dict)  # contrast -> chosen file
     alternatives: dict[str, list[Path]] = field(default_factory=dict)  # contrast -> not chosen
+    affine_source: str = "sform"  # which header transform of the T1w to trust (set by the image checks)
 
     @property
     def key(self) -> str:

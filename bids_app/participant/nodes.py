@@ -1,0 +1,207 @@
+"""Node functions of the participant workflow: file paths in, file paths out.
+
+Each function is a thin wrapper that loads its inputs, calls the pure step
+function from its module, and saves the result in the node's working folder
+(nipype runs every node in its own folder, which is what makes reruns resume).
+nipype re-executes these from source in a worker process, so every import is
+inside the function.
+"""
+
+# ruff: noqa: PLC0415  (imports inside functions are required by nipype Function nodes)
+
+
+def conform_node(in_file, affine_source):
+    """Conform the T1w (RAS, chosen affine); returns (out_file, info_json)."""
+    import json
+    import os
+
+    import nibabel as nb
+
+    from bids_app.participant.conform import conform
+
+    img, info = conform(nb.load(in_file), affine_source)
+    out_file = os.path.abspath("conformed_T1w.nii.gz")
+    nb.save(img, out_file)
+    info_json = os.path.abspath("conform.json")
+    with open(info_json, "w") as fh:
+        json.dump(info.sidecar(), fh)
+    return out_file, info_json
+
+
+def bias_node(in_file, prestripped):
+    """N4 inside the head mask; returns (corrected, biasfield, head_mask)."""
+    import os
+
+    import nibabel as nb
+
+    from bids_app.participant.bias import head_mask, n4
+    from bids_app.participant.skullstrip import mask_from_stripped
+
+    img = nb.load(in_file)
+    mask = mask_from_stripped(img) if prestripped else head_mask(img)
+    corrected, field = n4(img, mask)
+    paths = [os.path.abspath(n) for n in ("corrected_T1w.nii.gz", "biasfield.nii.gz", "head_mask.nii.gz")]
+    for image, path in zip((corrected, field, mask), paths):
+        nb.save(image, path)
+    return tuple(paths)
+
+
+def detect_prestripped_node(in_file, mode):
+    """Decide whether the input is already brain-extracted (``auto``) or take the user's word."""
+    import nibabel as nb
+
+    from bids_app.participant.skullstrip import is_brain_extracted
+
+    if mode == "skip":
+        return True
+    if mode == "auto":
+        return bool(is_brain_extracted(nb.load(in_file)))
+    return False
+
+
+def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nthreads):
+    """Brain mask and brain image; returns (brain_mask, brain, method)."""
+    import os
+
+    import nibabel as nb
+    import numpy as np
+
+    from bids_app.participant import skullstrip
+
+    img = nb.load(in_file)
+    if prestripped:
+        mask, method = skullstrip.mask_from_stripped(img), "input already brain-extracted"
+    elif mode == "ants":
+        mask = skullstrip.template_mask(img, template_t1w, template_mask)
+        method = "template-based (antspyx SyN, template brain mask)"
+    else:
+        mask, method = skullstrip.deepbet_mask(img, nthreads=nthreads), "deepbet"
+    data = img.get_fdata(dtype=np.float32) * (np.asanyarray(mask.dataobj) > 0)
+    paths = os.path.abspath("brain_mask.nii.gz"), os.path.abspath("brain_T1w.nii.gz")
+    nb.save(mask, paths[0])
+    nb.save(nb.Nifti1Image(data, img.affine), paths[1])
+    return paths[0], paths[1], method
+
+
+def register_node(brain, template_brain, nthreads, seed):
+    """Rigid -> affine -> SyN to the template; returns (to_template_h5, to_native_h5, similarity)."""
+    import os
+
+    import nibabel as nb
+
+    from bids_app.participant.register import register_to_template
+
+    reg = register_to_template(nb.load(brain), template_brain, os.getcwd(), nthreads=nthreads, seed=seed)
+    return str(reg.to_template), str(reg.to_native), float(reg.similarity)
+
+
+def priors_node(reference, to_template, to_native, template_priors):
+    """Template tissue priors carried to native space; returns [GM, WM, CSF] paths."""
+    import os
+
+    import nibabel as nb
+
+    from bids_app.participant.register import TemplateRegistration, to_native as warp
+
+    reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float("nan"))
+    ref = nb.load(reference)
+    out = []
+    for label, path in zip(("GM", "WM", "CSF"), template_priors):
+        target = os.path.abspath(f"prior_{label}.nii.gz")
+        nb.save(warp(path, reg, ref, "linear"), target)
+        out.append(target)
+    return out
+
+
+def segment_node(in_file, brain_mask, priors, nthreads):
+    """Atropos-based segmentation; returns ([GM, WM, CSF] probseg paths, dseg path)."""
+    import os
+
+    import nibabel as nb
+
+    from bids_app.participant.segment import segment
+
+    prior_imgs = {label: nb.load(p) for label, p in zip(("GM", "WM", "CSF"), priors)}
+    probseg, dseg = segment(nb.load(in_file), nb.load(brain_mask), prior_imgs, nthreads=nthreads)
+    out = []
+    for label in ("GM", "WM", "CSF"):
+        path = os.path.abspath(f"probseg_{label}.nii.gz")
+        nb.save(probseg[label], path)
+        out.append(path)
+    dseg_path = os.path.abspath("dseg.nii.gz")
+    nb.save(dseg, dseg_path)
+    return out, dseg_path
+
+
+def template_space_node(preproc, brain_mask, probseg, to_template, to_native, reference):
+    """Template-space T1w, mask, tissue maps and modulated GM/WM; returns a dict of paths."""
+    import os
+
+    import nibabel as nb
+    import numpy as np
+
+    from bids_app.participant.modulate import modulate
+    from bids_app.participant.register import TemplateRegistration, to_template as warp
+
+    reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float("nan"))
+    ref = nb.load(reference)
+    out = {}
+
+    def save(key, img, dtype=np.float32):
+        path = os.path.abspath(f"std_{key}.nii.gz")
+        nb.save(nb.Nifti1Image(np.asanyarray(img.dataobj).astype(dtype), img.affine), path)
+        out[key] = path
+
+    save("preproc_t1w", warp(nb.load(preproc), reg, ref, "linear"))
+    mask = warp(nb.load(brain_mask), reg, ref, "linear")
+    save("brain_mask", nb.Nifti1Image((mask.get_fdata() > 0.5).astype(np.uint8), mask.affine), np.uint8)
+    for label, path in zip(("GM", "WM", "CSF"), probseg):
+        native = nb.load(path)
+        save(f"probseg_{label}", warp(native, reg, ref, "linear"))
+        if label in ("GM", "WM"):
+            save(f"modulated_{label}", modulate(native, reg, ref))
+    return out
+
+
+def atlas_node(reference, to_template, to_native, atlas_names, template):
+    """Atlases carried to native space (label interpolation); returns {name: path}."""
+    import os
+
+    import nibabel as nb
+    import numpy as np
+
+    from bids_app.participant.register import TemplateRegistration, to_native as warp
+    from bids_app.resources import get_atlas
+
+    reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float("nan"))
+    ref = nb.load(reference)
+    out = {}
+    for name in atlas_names:
+        atlas = get_atlas(name, template)
+        img = warp(atlas.dseg, reg, ref, "genericLabel")
+        path = os.path.abspath(f"atlas_{name}.nii.gz")
+        nb.save(nb.Nifti1Image(np.rint(img.get_fdata()).astype(np.int16), img.affine), path)
+        out[name] = path
+    return out
+
+
+def morphometry_node(brain_mask, probseg, atlases, template):
+    """Tissue volumes and atlas ROI volumes; returns (tissue_tsv, {atlas: tsv})."""
+    import os
+
+    import nibabel as nb
+    import pandas as pd
+
+    from bids_app.participant.morphometry import roi_volumes, tissue_volumes
+    from bids_app.resources import get_atlas
+
+    prob = {label: nb.load(p) for label, p in zip(("GM", "WM", "CSF"), probseg)}
+    tissue = tissue_volumes(prob, nb.load(brain_mask))
+    tissue_tsv = os.path.abspath("tissue_morph.tsv")
+    pd.DataFrame([tissue]).to_csv(tissue_tsv, sep="\t", index=False)
+    out = {}
+    for name, path in atlases.items():
+        table = roi_volumes(nb.load(path), get_atlas(name, template).labels_table(), prob)
+        out[name] = os.path.abspath(f"atlas_{name}_morph.tsv")
+        table.to_csv(out[name], sep="\t", index=False, na_rep="n/a")
+    return tissue_tsv, out

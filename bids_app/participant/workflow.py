@@ -1,0 +1,234 @@
+"""The participant workflow: steps wired as nipype nodes (sMRIPrep-style ``init_*_wf`` factories).
+
+::
+
+    conform -> detect_prestripped -> bias (N4) -> skullstrip -> register (rigid/affine/SyN)
+                                                       |             |-> priors -> segment -> morphometry
+                                                       |             |-> atlases ------------^
+                                                       |             '-> template_space (+ modulation)
+                                                       '---------------------------------------> sink
+
+Every node runs in its own folder under ``<work_dir>/morphobids_wf``; nipype reuses
+a node's result when its inputs are unchanged, so a rerun after a crash resumes.
+The sink writes the derivatives only once all steps of a participant succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nipype import Function, Node, Workflow
+from nipype import config as nipype_config
+
+from bids_app.bids.layout import SessionInputs
+from bids_app.config import Settings
+from bids_app.participant import nodes
+
+LOG = logging.getLogger("morphobids")
+SEED = 1
+METHODS = {
+    "bias": "N4 (antspyx n4_bias_field_correction) in a head mask, 3 levels 40/30/20 iterations, ~4 mm working grid",
+    "segmentation": "Atropos (antspyx) 3 classes initialised with the template's tissue priors warped to native space",
+    "registration": "antspyx rigid -> affine -> SyN to the template brain",
+}
+
+
+def _fn(func, inputs, outputs, name, mem_gb=1.0, n_procs=1) -> Node:
+    node = Node(Function(function=func, input_names=inputs, output_names=outputs), name=name,
+                mem_gb=mem_gb, n_procs=n_procs)
+    return node
+
+
+def sink_node(output_dir, bids_dir, subject, session, source_t1w, params, prestripped, conform_json, preproc,
+              biasfield, head_mask, brain_mask, skullstrip_method, dseg, probseg, to_template, to_native,
+              similarity, std, atlases, tissue_tsv, atlas_tsv):
+    """Write the derivatives of one participant/session (last node)."""
+    from bids_app.participant.outputs import write_participant_outputs
+
+    work = dict(prestripped=prestripped, conform_json=conform_json, preproc=preproc, biasfield=biasfield,
+                head_mask=head_mask, brain_mask=brain_mask, skullstrip_method=skullstrip_method, dseg=dseg,
+                probseg=probseg, to_template=to_template, to_native=to_native, similarity=similarity, std=std,
+                atlases=atlases, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv)
+    return write_participant_outputs(output_dir, bids_dir, subject, session, source_t1w, work, params)
+
+
+def session_wf_name(inputs: SessionInputs) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", inputs.key) + "_wf"
+
+
+def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) -> Workflow:
+    """Workflow for one participant/session; ``resources`` maps names to template files."""
+    wf = Workflow(name=session_wf_name(inputs))
+    threads = settings.omp_nthreads
+    res = int(settings.output_resolution)
+    priors = [str(resources[f"{t}-res1"]) for t in ("GM", "WM", "CSF")]
+
+    conform = _fn(nodes.conform_node, ["in_file", "affine_source"], ["out_file", "info_json"], "conform", 0.5)
+    conform.inputs.in_file = str(inputs.t1w)
+    conform.inputs.affine_source = inputs.affine_source
+    detect = _fn(nodes.detect_prestripped_node, ["in_file", "mode"], ["prestripped"], "detect_prestripped", 0.5)
+    detect.inputs.mode = settings.skull_strip
+    bias = _fn(nodes.bias_node, ["in_file", "prestripped"], ["corrected", "biasfield", "head_mask"], "bias", 1.0)
+    strip = _fn(nodes.skullstrip_node, ["in_file", "prestripped", "mode", "template_t1w", "template_mask", "nthreads"],
+                ["brain_mask", "brain", "method"], "skullstrip", 1.5, threads)
+    strip.inputs.mode = settings.skull_strip
+    strip.inputs.template_t1w = str(resources["T1w-res1"])
+    strip.inputs.template_mask = str(resources["mask-res1"])
+    strip.inputs.nthreads = threads
+    register = _fn(nodes.register_node, ["brain", "template_brain", "nthreads", "seed"],
+                   ["to_template", "to_native", "similarity"], "register", 2.0, threads)
+    register.inputs.template_brain = str(resources["brain-res1"])
+    register.inputs.nthreads = threads
+    register.inputs.seed = SEED
+    warp_priors = _fn(nodes.priors_node, ["reference", "to_template", "to_native", "template_priors"], ["priors"],
+                      "priors", 1.0)
+    warp_priors.inputs.template_priors = priors
+    segment = _fn(nodes.segment_node, ["in_file", "brain_mask", "priors", "nthreads"], ["probseg", "dseg"],
+                  "segment", 2.0, threads)
+    segment.inputs.nthreads = threads
+    std = _fn(nodes.template_space_node, ["preproc", "brain_mask", "probseg", "to_template", "to_native",
+                                          "reference"], ["std"], "template_space", 1.5)
+    std.inputs.reference = str(resources[f"T1w-res{res}"])
+    atlases = _fn(nodes.atlas_node, ["reference", "to_template", "to_native", "atlas_names", "template"],
+                  ["atlases"], "atlases", 1.0)
+    atlases.inputs.atlas_names = list(settings.atlases)
+    atlases.inputs.template = settings.template
+    morph = _fn(nodes.morphometry_node, ["brain_mask", "probseg", "atlases", "template"],
+                ["tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
+    morph.inputs.template = settings.template
+    sink_inputs = ["output_dir", "bids_dir", "subject", "session", "source_t1w", "params", "prestripped",
+                   "conform_json", "preproc", "biasfield", "head_mask", "brain_mask", "skullstrip_method", "dseg",
+                   "probseg", "to_template", "to_native", "similarity", "std", "atlases", "tissue_tsv", "atlas_tsv"]
+    sink = _fn(sink_node, sink_inputs, ["written"], "sink", 0.5)
+    sink.overwrite = True  # always (re)write: the output folder may have changed since the last run
+    sink.inputs.output_dir = str(settings.output_dir)
+    sink.inputs.bids_dir = str(settings.bids_dir)
+    sink.inputs.subject = inputs.subject
+    sink.inputs.session = inputs.session
+    sink.inputs.source_t1w = str(inputs.t1w)
+    sink.inputs.params = {"template": settings.template, "output_resolution": settings.output_resolution, **METHODS}
+
+    wf.connect([
+        (conform, detect, [("out_file", "in_file")]),
+        (conform, bias, [("out_file", "in_file")]),
+        (detect, bias, [("prestripped", "prestripped")]),
+        (bias, strip, [("corrected", "in_file")]),
+        (detect, strip, [("prestripped", "prestripped")]),
+        (strip, register, [("brain", "brain")]),
+        (bias, warp_priors, [("corrected", "reference")]),
+        (register, warp_priors, [("to_template", "to_template"), ("to_native", "to_native")]),
+        (bias, segment, [("corrected", "in_file")]),
+        (strip, segment, [("brain_mask", "brain_mask")]),
+        (warp_priors, segment, [("priors", "priors")]),
+        (bias, std, [("corrected", "preproc")]),
+        (strip, std, [("brain_mask", "brain_mask")]),
+        (segment, std, [("probseg", "probseg")]),
+        (register, std, [("to_template", "to_template"), ("to_native", "to_native")]),
+        (bias, atlases, [("corrected", "reference")]),
+        (register, atlases, [("to_template", "to_template"), ("to_native", "to_native")]),
+        (strip, morph, [("brain_mask", "brain_mask")]),
+        (segment, morph, [("probseg", "probseg")]),
+        (atlases, morph, [("atlases", "atlases")]),
+        (detect, sink, [("prestripped", "prestripped")]),
+        (conform, sink, [("info_json", "conform_json")]),
+        (bias, sink, [("corrected", "preproc"), ("biasfield", "biasfield"), ("head_mask", "head_mask")]),
+        (strip, sink, [("brain_mask", "brain_mask"), ("method", "skullstrip_method")]),
+        (segment, sink, [("dseg", "dseg"), ("probseg", "probseg")]),
+        (register, sink, [("to_template", "to_template"), ("to_native", "to_native"), ("similarity", "similarity")]),
+        (std, sink, [("std", "std")]),
+        (atlases, sink, [("atlases", "atlases")]),
+        (morph, sink, [("tissue_tsv", "tissue_tsv"), ("atlas_tsv", "atlas_tsv")]),
+    ])
+    return wf
+
+
+@dataclass
+class Progress:
+    """nipype status callback: per-step progress lines and timings per participant."""
+
+    started: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)
+
+    def __call__(self, node, status):
+        parts = node.fullname.split(".")
+        key = parts[-2].removesuffix("_wf") if len(parts) >= 2 else node.fullname
+        step = node.name
+        if status == "start":
+            self.started[node.fullname] = time.time()
+            LOG.info("[%s] %s ...", key, step)
+        elif status == "end":
+            took = time.time() - self.started.get(node.fullname, time.time())
+            self.timings.setdefault(key, {})[step] = round(took, 1)
+            LOG.info("[%s] %s done (%.1f s)", key, step, took)
+        elif status == "exception":
+            self.failed.setdefault(key, step)
+            LOG.error("[%s] %s FAILED", key, step)
+
+
+def configure_nipype(work_dir: Path, debug: bool) -> None:
+    crash_dir = work_dir / "crash"
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    nipype_config.update_config({
+        "execution": {
+            "crashdump_dir": str(crash_dir),
+            "crashfile_format": "txt",
+            "stop_on_first_crash": False,
+            "hash_method": "content",
+            "remove_unnecessary_outputs": False,
+            "poll_sleep_duration": 0.2,
+            "create_report": False,
+            "parameterize_dirs": False,
+        },
+        "logging": {"workflow_level": "DEBUG" if debug else "WARNING",
+                    "interface_level": "DEBUG" if debug else "WARNING",
+                    "utils_level": "WARNING", "log_to_file": False},
+        "monitoring": {"enabled": False},
+    })
+    from nipype import logging as nlogging
+
+    nlogging.update_logging(nipype_config)
+
+
+def crash_reasons(crash_dir: Path, since: float) -> dict[str, str]:
+    """Last line of each crash file written since ``since``, keyed by session workflow name."""
+    reasons = {}
+    for path in sorted(crash_dir.glob("crash-*.txt")):
+        if path.stat().st_mtime < since:
+            continue
+        text = path.read_text(errors="replace")
+        match = re.search(r"Node: \S*?(sub_[A-Za-z0-9_]+?)_wf\.(\S+)", text)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        error = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", ln)), lines[-1])
+        if match:
+            reasons[match.group(1)] = f"step '{match.group(2)}' failed: {error} (details: {path})"
+    return reasons
+
+
+def run_workflows(sessions: list[SessionInputs], settings: Settings, resources: dict) -> tuple[list, dict, dict]:
+    """Run all sessions in one MultiProc graph; return (succeeded keys, failed {key: reason}, timings)."""
+    configure_nipype(settings.work_dir, settings.debug)
+    top = Workflow(name="morphobids_wf", base_dir=str(settings.work_dir))
+    for inputs in sessions:
+        top.add_nodes([init_session_wf(inputs, settings, resources)])
+    progress = Progress()
+    started = time.time()
+    plugin_args = {"n_procs": settings.nprocs, "memory_gb": settings.mem_gb, "raise_insufficient": False,
+                   "status_callback": progress}
+    try:
+        top.run(plugin="MultiProc", plugin_args=plugin_args)
+    except RuntimeError as exc:  # nipype: "Workflow did not execute cleanly"
+        LOG.debug("nipype: %s", exc)
+    reasons = crash_reasons(settings.work_dir / "crash", started)
+    succeeded, failed = [], {}
+    for inputs in sessions:
+        key = session_wf_name(inputs).removesuffix("_wf")
+        if key in progress.failed or key in reasons:
+            failed[inputs.key] = reasons.get(key, f"step '{progress.failed.get(key)}' failed")
+        else:
+            succeeded.append(inputs.key)
+    return succeeded, failed, progress.timings
