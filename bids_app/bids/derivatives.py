@@ -141,8 +141,7 @@ def sidecar_path(path: Path) -> Path:
 
 def resolution_label(mm: float) -> str:
     """BIDS ``res-`` label of an isotropic voxel size: 1 -> ``1``, 1.5 -> ``1p5``."""
-    text = f"{mm:g}".replace(".", "p")
-    return text
+    return f"{mm:g}".replace(".", "p")
 
 
 def bids_uri(path: Path, dataset_root: Path, name: str = "raw") -> str:

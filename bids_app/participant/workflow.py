@@ -24,6 +24,7 @@ from pathlib import Path
 from nipype import Function, Node, Workflow
 from nipype import config as nipype_config
 
+from bids_app.bids.derivatives import resolution_label
 from bids_app.bids.layout import SessionInputs
 from bids_app.config import Settings
 from bids_app.participant import nodes
@@ -54,6 +55,14 @@ def sink_node(output_dir, bids_dir, subject, session, source_t1w, params, prestr
                 probseg=probseg, to_template=to_template, to_native=to_native, similarity=similarity, std=std,
                 atlases=atlases, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv)
     return write_participant_outputs(output_dir, bids_dir, subject, session, source_t1w, work, params)
+
+
+def report_node(written, output_dir, subject, session, template, res_label, template_mask, methods, source):
+    """The participant's HTML report, from the derivatives the sink wrote."""
+    from bids_app.reports.participant import write_participant_report
+
+    return write_participant_report(output_dir, subject, session, template, res_label, template_mask, methods,
+                                    source)
 
 
 def session_wf_name(inputs: SessionInputs) -> str:
@@ -112,7 +121,20 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     sink.inputs.source_t1w = str(inputs.t1w)
     sink.inputs.params = {"template": settings.template, "output_resolution": settings.output_resolution, **METHODS}
 
+    report = _fn(report_node, ["written", "output_dir", "subject", "session", "template", "res_label",
+                               "template_mask", "methods", "source"], ["report"], "report", 1.0)
+    report.overwrite = True
+    report.inputs.output_dir = str(settings.output_dir)
+    report.inputs.subject = inputs.subject
+    report.inputs.session = inputs.session
+    report.inputs.template = settings.template
+    report.inputs.res_label = resolution_label(settings.output_resolution)
+    report.inputs.template_mask = str(resources[f"mask-res{res}"])
+    report.inputs.methods = METHODS
+    report.inputs.source = str(inputs.t1w)
+
     wf.connect([
+        (sink, report, [("written", "written")]),
         (conform, detect, [("out_file", "in_file")]),
         (conform, bias, [("out_file", "in_file")]),
         (detect, bias, [("prestripped", "prestripped")]),
