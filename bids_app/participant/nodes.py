@@ -114,7 +114,7 @@ def priors_node(reference, to_template, to_native, template_priors):
 
 
 def segment_node(in_file, brain_mask, priors, nthreads):
-    """Atropos-based segmentation; returns ([GM, WM, CSF] probseg paths, dseg path)."""
+    """Tissue segmentation (prior-guided EM, see segment.py); returns ([GM, WM, CSF] probseg paths, dseg path)."""
     import os
 
     import nibabel as nb

@@ -28,12 +28,13 @@ from bids_app.bids.derivatives import resolution_label
 from bids_app.bids.layout import SessionInputs
 from bids_app.config import Settings
 from bids_app.participant import nodes
+from bids_app.participant.segment import METHOD as SEGMENTATION_METHOD
 
 LOG = logging.getLogger("morphobids")
 SEED = 1
 METHODS = {
     "bias": "N4 (antspyx n4_bias_field_correction) in a head mask, 3 levels 40/30/20 iterations, ~4 mm working grid",
-    "segmentation": "Atropos (antspyx) 3 classes initialised with the template's tissue priors warped to native space",
+    "segmentation": SEGMENTATION_METHOD,
     "registration": "antspyx rigid -> affine -> SyN to the template brain",
 }
 
