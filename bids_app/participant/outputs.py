@@ -46,7 +46,7 @@ def write_participant_outputs(output_dir: str, bids_dir: str, subject: str, sess
     written: list[Path] = []
 
     def sidecar_for(path: Path, kind: str, sources, **fields):
-        meta = d.sidecar(kind, sources, skull_stripped=prestripped if kind.endswith("t1w") else None,
+        meta = d.sidecar(kind, sources, skull_stripped=prestripped,
                          resolution_mm=res_mm if kind.startswith("std_") else None, **fields)
         written.append(d.write_json(d.sidecar_path(path), meta))
 
@@ -59,7 +59,7 @@ def write_participant_outputs(output_dir: str, bids_dir: str, subject: str, sess
     preproc = native("preproc_t1w", work["preproc"], raw, BiasCorrection=params["bias"], **conform_info)
     pre_uri = [d.bids_uri(preproc, Path(output_dir), "morphobids")]
     native("biasfield", work["biasfield"], raw, Description="N4 multiplicative bias field (input / field).")
-    native("head_mask", work["head_mask"], raw, np.uint8, Type="Head")
+    native("head_mask", work["head_mask"], raw, np.uint8, Description="Head (foreground) mask used for N4.")
     native("brain_mask", work["brain_mask"], pre_uri, np.uint8, Type="Brain", Method=work["skullstrip_method"])
     native("dseg", work["dseg"], pre_uri, np.uint8, Method=params["segmentation"])
     for label, src in zip(TISSUE_LABELS, work["probseg"]):

@@ -187,7 +187,7 @@ class Progress:
         elif status == "end":
             took = time.time() - self.started.get(node.fullname, time.time())
             self.timings.setdefault(key, {})[step] = round(took, 1)
-            LOG.info("[%s] %s done (%.1f s)", key, step, took)
+            LOG.info("[%s] %s done (%s)", key, step, f"{took:.1f} s" if took > 0.05 else "cached")
         elif status == "exception":
             self.failed.setdefault(key, step)
             LOG.error("[%s] %s FAILED", key, step)
