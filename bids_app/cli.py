@@ -28,8 +28,9 @@ participant  per subject (and session): conform, N4 bias correction, brain extra
 group        over the participants' derivatives in output_dir: aggregate tables, QC
              exclusion, ROI statistics and voxel-based morphometry, a group report.
 
-status       in this version both levels check their inputs (BIDS validation, image
-             sanity, participant outputs) and stop: processing is not implemented yet.
+status       the participant level runs preprocessing, normalization, segmentation,
+             modulation, morphometrics and a basic report; QC metrics and the group
+             level are not implemented yet (group checks its inputs and stops).
 """
 
 EPILOG = """examples:

@@ -76,6 +76,7 @@ def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nth
         method = "template-based (antspyx SyN, template brain mask)"
     else:
         mask, method = skullstrip.deepbet_mask(img, nthreads=nthreads), "deepbet"
+    skullstrip.check_brain_volume(mask, method)
     data = img.get_fdata(dtype=np.float32) * (np.asanyarray(mask.dataobj) > 0)
     paths = os.path.abspath("brain_mask.nii.gz"), os.path.abspath("brain_T1w.nii.gz")
     nb.save(mask, paths[0])

@@ -30,6 +30,21 @@ def is_brain_extracted(img: nb.Nifti1Image) -> bool:
     return PRESTRIPPED_MIN_ML <= foreground_volume_ml(img) <= PRESTRIPPED_MAX_ML
 
 
+#: Brain masks outside this range (mL) are not a human brain: the processing stops.
+PLAUSIBLE_BRAIN_ML = (400.0, 2600.0)
+
+
+def check_brain_volume(mask: nb.Nifti1Image, method: str) -> float:
+    """Volume of ``mask`` in mL; raise ``ValueError`` when it cannot be a human brain."""
+    volume = float((np.asanyarray(mask.dataobj) > 0).sum() * np.prod(mask.header.get_zooms()[:3]) / 1000)
+    lo, hi = PLAUSIBLE_BRAIN_ML
+    if not lo <= volume <= hi:
+        raise ValueError(f"brain extraction ({method}) gave an implausible brain volume of {volume:.0f} mL "
+                         f"(expected {lo:.0f}-{hi:.0f} mL): is this a T1w image of a human head? "
+                         "Try --skull-strip ants, or --skull-strip skip for brain-extracted input.")
+    return volume
+
+
 def clean_mask(mask: np.ndarray) -> np.ndarray:
     """Largest connected component with holes filled."""
     labels, n = ndimage.label(mask)

@@ -1,0 +1,78 @@
+"""The participant level end to end on a real scan: outputs, validator, resume, failure isolation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_app.bids import derivatives as d
+from bids_app.bids.validator import run_validator
+from bids_app.cli import main
+from bids_app.errors import EX_PARTIAL
+
+TEMPLATE = "MNI152NLin2009cAsym"
+
+
+def _noise_head(path):
+    """A tiny pure-noise 'T1w': passes the input checks, cannot be processed."""
+    rng = np.random.default_rng(0)
+    nb.save(nb.Nifti1Image(rng.random((12, 12, 12)).astype(np.float32) * 100, np.diag([2, 2, 2, 1.0])), path)
+
+
+def _digest(root, names):
+    return {n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in names}
+
+
+@pytest.mark.slow
+def test_participant_level_end_to_end(make_bids, pumi_t1w, tmp_path, capsys):
+    bids = make_bids({"01": pumi_t1w, "02": _noise_head})
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = [str(bids), str(out), "participant", "-w", str(work), "--skip_bids_validator", "--nprocs", "2"]
+    code = main(args)
+    err = capsys.readouterr().err
+    # one failing participant does not sink the other; the summary says which and where
+    assert code == EX_PARTIAL, err
+    assert "1 of 2 participant session(s) failed" in err and "sub-02: step" in err
+    assert not (out / "sub-02").exists()
+
+    o = d.Outputs(out, "01")
+    expected = [o.path("preproc_t1w"), o.path("brain_mask"), o.path("dseg"), o.path("biasfield"),
+                o.path("xfm_to_template", template=TEMPLATE), o.path("xfm_from_template", template=TEMPLATE),
+                o.path("tissue_morph"), o.path("atlas_morph", atlas="AAL3"), o.path("atlas_morph", atlas="Mori"),
+                o.report()]
+    expected += [o.path("probseg", label=t) for t in ("GM", "WM", "CSF")]
+    expected += [o.path("std_modulated", template=TEMPLATE, res="2", label=t) for t in ("GM", "WM")]
+    missing = [p for p in expected if not p.exists()]
+    assert not missing
+
+    # the official validator accepts the derivative dataset
+    result = run_validator(out)
+    assert result.ok, result.summary()
+
+    # plausible morphometrics for a healthy adult; modulation preserves GM volume within 2 %
+    tissue = pd.read_csv(o.path("tissue_morph"), sep="\t").iloc[0]
+    assert 1100 < tissue["tiv_ml"] < 2000 and 0.35 < tissue["gm_fraction"] < 0.60
+    gm = nb.load(o.path("probseg", label="GM"))
+    mod = nb.load(o.path("std_modulated", template=TEMPLATE, res="2", label="GM"))
+    native_ml = gm.get_fdata().sum() * np.prod(gm.header.get_zooms()[:3]) / 1000
+    template_ml = mod.get_fdata().sum() * np.prod(mod.header.get_zooms()[:3]) / 1000
+    assert abs(template_ml / native_ml - 1) < 0.02
+    assert abs(native_ml - tissue["gm_ml"]) < 1e-3
+    # precentral gyrus ROI present in the default atlas table
+    roi = pd.read_csv(o.path("atlas_morph", atlas="AAL3"), sep="\t").set_index("name")
+    assert roi.loc["Precentral_L", "gm_ml"] > 5 and roi.loc["Precentral_R", "gm_ml"] > 5
+    # the report is self-contained
+    html = o.report().read_text()
+    assert "<svg" in html and "src=\"http" not in html and "href=\"http" not in html
+
+    # a rerun resumes from the work folder and ends with the same outputs
+    names = [p.relative_to(out) for p in expected if p.suffix != ".html"]
+    before = _digest(out, names)
+    assert main(args) == EX_PARTIAL
+    err = capsys.readouterr().err
+    assert "[sub_01] register done (cached)" in err
+    assert _digest(out, names) == before
