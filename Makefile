@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.morphobids-installed
 DEMO_DIR  ?= demo_data
 DEMO_OUT  ?= demo_out
 DEMO_WORK ?= demo_work
+DEMO_RESOLUTION ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: env demo test resources clean-demo clean help
@@ -36,7 +37,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m bids_app.demo run --bids-dir $(DEMO_DIR) --output-dir $(DEMO_OUT) --work-dir $(DEMO_WORK)
+	$(PY) -m bids_app.demo run --bids-dir $(DEMO_DIR) --output-dir $(DEMO_OUT) --work-dir $(DEMO_WORK) \
+		--resolution $(DEMO_RESOLUTION)
 
 clean-demo:
 	rm -rf $(DEMO_DIR) $(DEMO_OUT) $(DEMO_WORK)
