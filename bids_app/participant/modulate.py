@@ -19,6 +19,11 @@ Output grids coarser than the T1w (a 2 mm VBM grid for a 1 mm scan) are handled
 by supersampling: each output voxel is split into ``k^3`` sub-voxels, the product
 is formed there and averaged back, which integrates thin cortex far better than
 sampling it once per 2 mm voxel.
+
+Measured on the phantoms of ``tests/test_register.py`` (GM of ~900 mL): the
+modulated total differs from the native one by < 0.005 % at 1 mm and at 2 mm
+(supersampled; 0.04 % when sampled once per 2 mm voxel), where the unmodulated
+warped map is off by 3 % (the head-size part of the affine).
 """
 
 from __future__ import annotations
