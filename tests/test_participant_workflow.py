@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nibabel as nb
 import numpy as np
@@ -15,12 +21,31 @@ from bids_app.cli import main
 from bids_app.errors import EX_PARTIAL
 
 TEMPLATE = "MNI152NLin2009cAsym"
+RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
 
 
 def _noise_head(path):
     """A tiny pure-noise 'T1w': passes the input checks, cannot be processed."""
     rng = np.random.default_rng(0)
     nb.save(nb.Nifti1Image(rng.random((12, 12, 12)).astype(np.float32) * 100, np.diag([2, 2, 2, 1.0])), path)
+
+
+def _run_and_kill(args, after: str, timeout: float = 900) -> str:
+    """Start run.py in its own process group; SIGKILL the whole group once ``after`` is logged."""
+    proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    lines, deadline = [], time.time() + timeout
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if after in line or time.time() > deadline:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log = "".join(lines)
+    assert after in log, log[-3000:]
+    return log
 
 
 def _digest(root, names):
@@ -32,8 +57,13 @@ def test_participant_level_end_to_end(make_bids, pumi_t1w, tmp_path, capsys):
     bids = make_bids({"01": pumi_t1w, "02": _noise_head})
     out, work = tmp_path / "out", tmp_path / "work"
     args = [str(bids), str(out), "participant", "-w", str(work), "--skip_bids_validator", "--nprocs", "2"]
+    # a crash (kill -9 of the whole process group) once normalization has finished ...
+    _run_and_kill(args, "[sub_01] register done")
+    assert not (out / "sub-01" / "anat").exists(), "derivatives appear only once a participant completes"
+    # ... and the rerun resumes: finished steps come from the work folder
     code = main(args)
     err = capsys.readouterr().err
+    assert "[sub_01] bias done (cached)" in err and "[sub_01] register done (cached)" in err, err
     # one failing participant does not sink the other; the summary says which and where
     assert code == EX_PARTIAL, err
     assert "1 of 2 participant session(s) failed" in err and "sub-02: step" in err
@@ -69,7 +99,7 @@ def test_participant_level_end_to_end(make_bids, pumi_t1w, tmp_path, capsys):
     html = o.report().read_text()
     assert "<svg" in html and "src=\"http" not in html and "href=\"http" not in html
 
-    # a rerun resumes from the work folder and ends with the same outputs
+    # a second rerun reuses every step and ends with the same outputs
     names = [p.relative_to(out) for p in expected if p.suffix != ".html"]
     before = _digest(out, names)
     assert main(args) == EX_PARTIAL

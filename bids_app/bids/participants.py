@@ -78,7 +78,7 @@ def read_participants(bids_dir: str | Path, present: list[str] | None = None) ->
     table = table.dropna(subset=["participant_id"])
     table["participant_id"] = table["participant_id"].str.strip().str.removeprefix("sub-")
     for col in table.columns:
-        if col != "participant_id" and table[col].dtype == object:
+        if col != "participant_id" and not pd.api.types.is_numeric_dtype(table[col]):
             table[col] = table[col].str.strip()
     duplicated = table["participant_id"][table["participant_id"].duplicated()].tolist()
     if duplicated:

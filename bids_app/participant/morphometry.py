@@ -130,6 +130,8 @@ _ROI_DICTIONARY = {
     "wm_ml": ("White-matter volume in the region: sum of the WM probability over its voxels times the voxel volume",
               "mL"),
     "csf_ml": ("CSF volume in the region: sum of the CSF probability over its voxels times the voxel volume", "mL"),
+    "thickness_mm": ("Mean cortical thickness (DiReCT) over the region's cortical voxels; n/a without cortex; "
+                     "only with --cortical-thickness", "mm"),
 }
 
 

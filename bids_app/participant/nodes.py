@@ -186,23 +186,42 @@ def atlas_node(reference, to_template, to_native, atlas_names, template):
     return out
 
 
-def morphometry_node(brain_mask, probseg, atlases, template):
-    """Tissue volumes and atlas ROI volumes; returns (tissue_tsv, {atlas: tsv})."""
+def thickness_node(dseg, probseg, nthreads):
+    """DiReCT cortical thickness map (mm) in native space."""
+    import os
+
+    import nibabel as nb
+
+    from bids_app.participant.thickness import cortical_thickness
+
+    img = cortical_thickness(nb.load(dseg), nb.load(probseg[0]), nb.load(probseg[1]), nthreads=nthreads)
+    path = os.path.abspath("thickness.nii.gz")
+    nb.save(img, path)
+    return path
+
+
+def morphometry_node(brain_mask, probseg, atlases, template, thickness=None):
+    """Tissue volumes and atlas ROI volumes (+ mean ROI thickness); returns (tissue_tsv, {atlas: tsv})."""
     import os
 
     import nibabel as nb
     import pandas as pd
 
     from bids_app.participant.morphometry import roi_volumes, tissue_volumes
+    from bids_app.participant.thickness import roi_thickness
     from bids_app.resources import get_atlas
 
     prob = {label: nb.load(p) for label, p in zip(("GM", "WM", "CSF"), probseg)}
     tissue = tissue_volumes(prob, nb.load(brain_mask))
     tissue_tsv = os.path.abspath("tissue_morph.tsv")
     pd.DataFrame([tissue]).to_csv(tissue_tsv, sep="\t", index=False)
+    thick = nb.load(thickness) if thickness else None
     out = {}
     for name, path in atlases.items():
-        table = roi_volumes(nb.load(path), get_atlas(name, template).labels_table(), prob)
+        labels = get_atlas(name, template).labels_table()
+        table = roi_volumes(nb.load(path), labels, prob)
+        if thick is not None:
+            table["thickness_mm"] = roi_thickness(nb.load(path), labels, thick).to_numpy()
         out[name] = os.path.abspath(f"atlas_{name}_morph.tsv")
         table.to_csv(out[name], sep="\t", index=False, na_rep="n/a")
     return tissue_tsv, out

@@ -87,6 +87,8 @@ def write_participant_outputs(output_dir: str, bids_dir: str, subject: str, sess
 
     for name, src in work["atlases"].items():
         native("atlas_dseg", src, pre_uri, np.int16, atlas=name, Atlas=name)
+    if work.get("thickness"):
+        native("thickness", work["thickness"], pre_uri, Units="mm", Method=params["thickness"])
     written += _write_tables(out, work, pre_uri)
     return [str(p) for p in written]
 
@@ -102,7 +104,8 @@ def _write_tables(out: d.Outputs, work: dict, sources: list[str]) -> list[Path]:
     for name, src in work["atlas_tsv"].items():
         table = pd.read_csv(src, sep="\t")
         path = d.write_tsv(out.path("atlas_morph", atlas=name), table)
-        written += [path, d.write_json(d.sidecar_path(path), {**data_dictionary("roi"), "Sources": sources,
+        columns = {k: v for k, v in data_dictionary("roi").items() if k in table.columns}
+        written += [path, d.write_json(d.sidecar_path(path), {**columns, "Sources": sources,
                                                                "Atlas": name})]
     return written
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,14 +48,14 @@ def _fn(func, inputs, outputs, name, mem_gb=1.0, n_procs=1) -> Node:
 
 def sink_node(output_dir, bids_dir, subject, session, source_t1w, params, prestripped, conform_json, preproc,
               biasfield, head_mask, brain_mask, skullstrip_method, dseg, probseg, to_template, to_native,
-              similarity, std, atlases, tissue_tsv, atlas_tsv):
+              similarity, std, atlases, tissue_tsv, atlas_tsv, thickness=None):
     """Write the derivatives of one participant/session (last node)."""
     from bids_app.participant.outputs import write_participant_outputs
 
     work = dict(prestripped=prestripped, conform_json=conform_json, preproc=preproc, biasfield=biasfield,
                 head_mask=head_mask, brain_mask=brain_mask, skullstrip_method=skullstrip_method, dseg=dseg,
                 probseg=probseg, to_template=to_template, to_native=to_native, similarity=similarity, std=std,
-                atlases=atlases, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv)
+                atlases=atlases, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv, thickness=thickness)
     return write_participant_outputs(output_dir, bids_dir, subject, session, source_t1w, work, params)
 
 
@@ -107,12 +108,13 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
                   ["atlases"], "atlases", 1.0)
     atlases.inputs.atlas_names = list(settings.atlases)
     atlases.inputs.template = settings.template
-    morph = _fn(nodes.morphometry_node, ["brain_mask", "probseg", "atlases", "template"],
+    morph = _fn(nodes.morphometry_node, ["brain_mask", "probseg", "atlases", "template", "thickness"],
                 ["tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
     morph.inputs.template = settings.template
     sink_inputs = ["output_dir", "bids_dir", "subject", "session", "source_t1w", "params", "prestripped",
                    "conform_json", "preproc", "biasfield", "head_mask", "brain_mask", "skullstrip_method", "dseg",
-                   "probseg", "to_template", "to_native", "similarity", "std", "atlases", "tissue_tsv", "atlas_tsv"]
+                   "probseg", "to_template", "to_native", "similarity", "std", "atlases", "tissue_tsv", "atlas_tsv",
+                   "thickness"]
     sink = _fn(sink_node, sink_inputs, ["written"], "sink", 0.5)
     sink.overwrite = True  # always (re)write: the output folder may have changed since the last run
     sink.inputs.output_dir = str(settings.output_dir)
@@ -121,6 +123,16 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     sink.inputs.session = inputs.session
     sink.inputs.source_t1w = str(inputs.t1w)
     sink.inputs.params = {"template": settings.template, "output_resolution": settings.output_resolution, **METHODS}
+    if settings.cortical_thickness:
+        from bids_app.participant.thickness import METHOD as THICKNESS_METHOD
+
+        sink.inputs.params["thickness"] = THICKNESS_METHOD
+        thickness = _fn(nodes.thickness_node, ["dseg", "probseg", "nthreads"], ["thickness"], "thickness", 2.0,
+                        threads)
+        thickness.inputs.nthreads = threads
+        wf.connect([(segment, thickness, [("dseg", "dseg"), ("probseg", "probseg")]),
+                    (thickness, morph, [("thickness", "thickness")]),
+                    (thickness, sink, [("thickness", "thickness")])])
 
     report = _fn(report_node, ["written", "output_dir", "subject", "session", "template", "res_label",
                                "template_mask", "methods", "source"], ["report"], "report", 1.0)
@@ -171,26 +183,53 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
 
 @dataclass
 class Progress:
-    """nipype status callback: per-step progress lines and timings per participant."""
+    """nipype status callback: per-step progress and timings per participant.
 
+    On a terminal each participant gets a progress bar (steps done / steps, the step
+    running now); otherwise, and with ``--verbose``, one log line per step start and end.
+    """
+
+    totals: dict = field(default_factory=dict)
+    tty: bool = False
     started: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     failed: dict = field(default_factory=dict)
+    bars: dict = field(default_factory=dict)
+
+    def _bar(self, key):
+        if key not in self.bars:
+            from tqdm import tqdm
+
+            self.bars[key] = tqdm(total=self.totals.get(key), desc=key, unit="step", position=len(self.bars),
+                                  leave=True, dynamic_ncols=True, file=sys.stderr,
+                                  bar_format="{desc:<18} {bar:20} {n_fmt}/{total_fmt} steps {elapsed} {postfix}")
+        return self.bars[key]
 
     def __call__(self, node, status):
         parts = node.fullname.split(".")
         key = parts[-2].removesuffix("_wf") if len(parts) >= 2 else node.fullname
         step = node.name
+        log = LOG.debug if self.tty else LOG.info
         if status == "start":
             self.started[node.fullname] = time.time()
-            LOG.info("[%s] %s ...", key, step)
+            log("[%s] %s ...", key, step)
+            if self.tty:
+                self._bar(key).set_postfix_str(step)
         elif status == "end":
             took = time.time() - self.started.get(node.fullname, time.time())
             self.timings.setdefault(key, {})[step] = round(took, 1)
-            LOG.info("[%s] %s done (%s)", key, step, f"{took:.1f} s" if took > 0.05 else "cached")
+            log("[%s] %s done (%s)", key, step, f"{took:.1f} s" if took > 0.05 else "cached")
+            if self.tty:
+                self._bar(key).update(1)
         elif status == "exception":
             self.failed.setdefault(key, step)
+            if self.tty:
+                self._bar(key).set_postfix_str(f"{step} FAILED")
             LOG.error("[%s] %s FAILED", key, step)
+
+    def close(self):
+        for bar in self.bars.values():
+            bar.close()
 
 
 def configure_nipype(work_dir: Path, debug: bool) -> None:
@@ -236,16 +275,24 @@ def run_workflows(sessions: list[SessionInputs], settings: Settings, resources: 
     """Run all sessions in one MultiProc graph; return (succeeded keys, failed {key: reason}, timings)."""
     configure_nipype(settings.work_dir, settings.debug)
     top = Workflow(name="morphobids_wf", base_dir=str(settings.work_dir))
+    totals = {}
     for inputs in sessions:
-        top.add_nodes([init_session_wf(inputs, settings, resources)])
-    progress = Progress()
+        wf = init_session_wf(inputs, settings, resources)
+        totals[wf.name.removesuffix("_wf")] = len(wf.list_node_names())
+        top.add_nodes([wf])
+    tty = sys.stderr.isatty() and not settings.debug and not settings.verbose
+    progress = Progress(totals=totals, tty=tty)
     started = time.time()
+    # "forkserver": workers start from a clean process, never from a fork of one whose
+    # thread pools (torch/OpenMP, ITK) may hold locks - deepbet hangs in such a fork.
     plugin_args = {"n_procs": settings.nprocs, "memory_gb": settings.mem_gb, "raise_insufficient": False,
-                   "status_callback": progress}
+                   "status_callback": progress, "mp_context": "forkserver"}
     try:
         top.run(plugin="MultiProc", plugin_args=plugin_args)
     except RuntimeError as exc:  # nipype: "Workflow did not execute cleanly"
         LOG.debug("nipype: %s", exc)
+    finally:
+        progress.close()
     reasons = crash_reasons(settings.work_dir / "crash", started)
     succeeded, failed = [], {}
     for inputs in sessions:
