@@ -28,14 +28,11 @@ participant  per subject (and session): conform, N4 bias correction, brain extra
 group        over the participants' derivatives in output_dir: aggregate tables, QC
              exclusion, ROI statistics and voxel-based morphometry, a group report.
 
-status       the participant level runs preprocessing, normalization, segmentation,
-             modulation, morphometrics and a basic report; QC metrics and the group
-             level are not implemented yet (group checks its inputs and stops).
 """
 
 EPILOG = """examples:
   run.py /data /out participant --participant_label 01 02
-  run.py /data /out group
+  run.py /data /out group --model "group + age + sex + tiv" --contrast "group[T.patient]"
 exit codes: 0 success; 1 some participants failed; 64 usage error; 65 bad input data;
   66 missing input; 69 missing resource; 70 internal error; 73 output not writable.
 """
@@ -122,6 +119,42 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--skull-strip", choices=SKULL_STRIP_MODES, default="auto",
                     help="brain extraction: auto (deepbet unless the input is already brain-extracted), "
                          "deepbet, ants (template-based), skip (input is already brain-extracted)")
+    wf.add_argument("--cortical-thickness", action="store_true",
+                    help="also estimate cortical thickness (DiReCT/KellyKapowski, a few minutes per participant) "
+                         "and add mean ROI thickness to the atlas tables")
+
+    grp = parser.add_argument_group("Group level (statistics)")
+    grp.add_argument("--model", metavar="FORMULA",
+                     help="patsy formula over participants.tsv columns, tiv and IQMs, e.g. 'group + age + sex + tiv' "
+                          "(default: group [+ age + sex] + tiv when participants.tsv has a group column, else age)")
+    grp.add_argument("--contrast", nargs="+", metavar="TERM",
+                     help="design column to test, e.g. 'group[T.patient]', or one weight per design column "
+                          "(default: the group term, else age)")
+    grp.add_argument("--measure", nargs="+", default=["gm_ml"], metavar="NAME",
+                     help="ROI measure(s) to test: gm_ml, wm_ml, csf_ml, volume_ml, thickness_mm (default: gm_ml)")
+    grp.add_argument("--roi-atlas", nargs="+", metavar="NAME", help="atlases for ROI statistics (default: all found)")
+    grp.add_argument("--regions", nargs="+", metavar="NAME",
+                     help="test only these ROIs (a hypothesis-driven set; corrections then run over them only)")
+    grp.add_argument("--exclude-qc", nargs="+", choices=("fail", "warn"), default=["fail"], metavar="LEVEL",
+                     help="exclude scans whose QC verdict is one of these (default: fail; 'fail warn' is stricter)")
+    grp.add_argument("--exclude", nargs="+", default=[], metavar="LABEL",
+                     help="participant labels (or sub-X_ses-Y) to exclude by hand")
+    grp.add_argument("--min-p-accept", type=float, metavar="P",
+                     help="also exclude scans whose QC classifier P(accept) is below P")
+    grp.add_argument("--alpha", type=float, default=0.05, metavar="A",
+                     help="significance level for FDR/FWE thresholds (default 0.05)")
+    grp.add_argument("--smoothing-fwhm", type=float, default=8.0, metavar="MM",
+                     help="Gaussian smoothing of modulated GM maps for VBM (default 8 mm)")
+    grp.add_argument("--height-control", choices=("fdr", "fpr", "bonferroni", "none"), default="fdr",
+                     help="parametric VBM threshold: FDR q<alpha (default), FPR p<0.001, Bonferroni, or none")
+    grp.add_argument("--cluster-extent", type=int, default=0, metavar="VOXELS",
+                     help="minimum cluster size for the parametric VBM maps (default 0)")
+    grp.add_argument("--n-perm", type=int, default=5000, metavar="N",
+                     help="permutations for FWE (max-t and TFCE) inference in VBM; 0 disables (default 5000)")
+    grp.add_argument("--no-tfce", action="store_true", help="permutation inference on max-t only, without TFCE")
+    grp.add_argument("--no-vbm", action="store_true", help="ROI statistics only")
+    grp.add_argument("--random-seed", type=int, default=0, metavar="N",
+                     help="seed of the permutations (default 0)")
 
     other = parser.add_argument_group("Other")
     other.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")

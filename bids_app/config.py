@@ -52,6 +52,24 @@ class Settings:
     atlases: list[str] = field(default_factory=list)
     skull_strip: str = "auto"
     affine_source: str = "strict"
+    cortical_thickness: bool = False
+    # group level
+    model: str | None = None
+    contrast: str | None = None
+    measures: list[str] = field(default_factory=lambda: ["gm_ml"])
+    roi_atlases: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    exclude_qc: list[str] = field(default_factory=lambda: ["fail"])
+    exclude: list[str] = field(default_factory=list)
+    min_p_accept: float | None = None
+    alpha: float = 0.05
+    smoothing_fwhm: float = 8.0
+    height_control: str = "fdr"
+    cluster_extent: int = 0
+    n_perm: int = 5000
+    tfce: bool = True
+    vbm: bool = True
+    random_seed: int = 0
     verbose: int = 0
     debug: bool = False
     dry_run: bool = False
@@ -83,6 +101,23 @@ class Settings:
             atlases=list(args.atlas) if args.atlas else [],
             skull_strip=args.skull_strip,
             affine_source=args.affine_source,
+            cortical_thickness=getattr(args, "cortical_thickness", False),
+            model=args.model,
+            contrast=" ".join(args.contrast) if args.contrast else None,
+            measures=list(args.measure),
+            roi_atlases=list(args.roi_atlas or []),
+            regions=list(args.regions or []),
+            exclude_qc=list(args.exclude_qc),
+            exclude=[x.removeprefix("sub-") for x in args.exclude],
+            min_p_accept=args.min_p_accept,
+            alpha=args.alpha,
+            smoothing_fwhm=args.smoothing_fwhm,
+            height_control=args.height_control,
+            cluster_extent=args.cluster_extent,
+            n_perm=args.n_perm,
+            tfce=not args.no_tfce,
+            vbm=not args.no_vbm,
+            random_seed=args.random_seed,
             verbose=args.verbose,
             debug=args.debug,
             dry_run=args.dry_run,

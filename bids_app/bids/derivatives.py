@@ -31,6 +31,7 @@ BIDSIGNORE = (
     "*_xfm.*",
     "*_morph.tsv",
     "*_morph.json",
+    "*_morph.nii.gz",
     "*_iqm.json",
     "*_qc.json",
     "group/",
@@ -75,10 +76,49 @@ OUTPUTS: dict[str, OutputSpec] = {
     "atlas_dseg": _spec("dseg", atlas="{atlas}", description="atlas labels in native space"),
     "atlas_morph": _spec("morph", ".tsv", atlas="{atlas}", description="ROI volumes (mL)"),
     "tissue_morph": _spec("morph", ".tsv", desc="tissue", description="TIV, tissue volumes, BPF"),
+    "thickness": _spec("morph", desc="thickness", description="cortical thickness (mm; DiReCT), native space"),
     "iqms": _spec("iqm", ".json", desc="{contrast}", description="MRIQC-compatible image-quality metrics"),
     "qc": _spec("qc", ".json", desc="{contrast}", description="QC flags: pass/warn/fail with reasons"),
     "figure": _spec("{suffix}", ".svg", datatype="figures", desc="{desc}"),
 }
+
+
+#: Group-level outputs, relative to ``<output_dir>/group`` (a folder .bidsignore'd: BIDS has
+#: no names yet for group tables and statistical maps; these follow BEP041's stat-/contrast-).
+GROUP_OUTPUTS: dict[str, str] = {
+    "morphometrics": "desc-morphometrics_group.tsv",
+    "iqms": "desc-iqms_group.tsv",
+    "qc": "desc-qc_group.tsv",
+    "excluded": "desc-excluded_group.tsv",
+    "roistats": "desc-roistats_group.tsv",
+    "roi_manhattan": "figures/atlas-{atlas}_desc-{measure}_manhattan.svg",
+    "roi_effectmap": "figures/atlas-{atlas}_desc-{measure}_effectmap.svg",
+    "vbm_map": "vbm/space-{template}_res-{res}_contrast-{contrast}_{name}.nii.gz",
+    "vbm_clusters": "vbm/space-{template}_res-{res}_contrast-{contrast}_desc-clusters_table.tsv",
+    "vbm_summary": "vbm/space-{template}_res-{res}_contrast-{contrast}_desc-vbm_summary.json",
+    "vbm_figure": "figures/contrast-{contrast}_desc-{name}_vbm.svg",
+}
+
+
+def group_path(output_dir: Path, kind: str, **fields: Any) -> Path:
+    """Path of a group-level output ``kind`` (see :data:`GROUP_OUTPUTS`)."""
+    try:
+        pattern = GROUP_OUTPUTS[kind]
+    except KeyError:
+        raise KeyError(f"unknown group output {kind!r}; known: {sorted(GROUP_OUTPUTS)}") from None
+    return Path(output_dir) / "group" / pattern.format(**{k: str(v) for k, v in fields.items()})
+
+
+def group_report_path(output_dir: Path) -> Path:
+    """The group HTML report, beside the participants' reports."""
+    return Path(output_dir) / "group.html"
+
+
+def label_of(text: str) -> str:
+    """A BIDS label (letters and digits only) from free text, e.g. ``group[T.patient]`` -> ``groupTpatient``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]", "", text) or "contrast"
 
 
 def entity_name(entities: dict[str, str | None], suffix: str, extension: str) -> str:

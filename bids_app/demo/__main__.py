@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bids-dir", type=Path, required=True)
     run.add_argument("--output-dir", type=Path, required=True)
     run.add_argument("--work-dir", type=Path, required=True)
+    run.add_argument("--n-perm", type=int, default=1000,
+                     help="VBM permutations at the group level (default 1000; the app's default is 5000)")
     _add_make_options(run)
     return parser
 
@@ -67,10 +69,10 @@ def cmd_make(args) -> int:
 
 
 def report_locations(out: Path) -> list[Path]:
-    """The HTML reports under ``out`` (participant ``sub-*.html``, group ``group/*.html``)."""
+    """The HTML reports under ``out`` (participant ``sub-*.html``, group ``group.html``)."""
     if not out.is_dir():
         return []
-    return sorted(out.glob("sub-*.html")) + sorted((out / "group").glob("*.html"))
+    return sorted(out.glob("sub-*.html")) + sorted(out.glob("group.html"))
 
 
 def cmd_run(args) -> int:
@@ -84,6 +86,8 @@ def cmd_run(args) -> int:
 
     for level in ("participant", "group"):
         argv = [str(bids_dir), str(out), level, "-w", str(work)]
+        if level == "group":
+            argv += ["--n-perm", str(args.n_perm)]
         print(f"demo: morphobids {' '.join(argv)}", flush=True)
         code = app_main(argv)
         if code != 0:
