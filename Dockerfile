@@ -139,11 +139,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     LC_ALL=C.UTF-8 \
     LANG=C.UTF-8 \
     MORPHOBIDS_CONTAINER_TYPE=docker \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
     MORPHOBIDS_CONTAINER_IMAGE="morphobids/morphobids:${VERSION}"
 
 # Fail the build, not the first run, if a library cannot load in this base.
 RUN python -c "import torch, ants, deepbet, nibabel, nilearn.image, nipype, bids, templateflow.api, \
-statsmodels.api, sklearn, pandas, matplotlib.pyplot, mriqc.qc.anatomical, bids_app.cli" \
+statsmodels.api, sklearn, pandas, matplotlib.pyplot, mriqc.qc.anatomical, numba, bids_app.cli, bids_app.group.permutation" \
     && morphobids --version \
     && bids-validator-deno --version \
     && rm -rf /tmp/home

@@ -59,8 +59,13 @@ def detect_prestripped_node(in_file, mode):
     return False
 
 
-def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nthreads):
-    """Brain mask and brain image; returns (brain_mask, brain, method)."""
+def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nthreads, head_mask=None):
+    """Brain mask and brain image; returns (brain_mask, brain, method).
+
+    For brain-extracted input the mask is the one the bias step took from the raw
+    image's non-background voxels (``head_mask``): after N4 the background is no
+    longer flat.
+    """
     import os
 
     import nibabel as nb
@@ -70,7 +75,9 @@ def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nth
 
     img = nb.load(in_file)
     if prestripped:
-        mask, method = skullstrip.mask_from_stripped(img), "input already brain-extracted"
+        source = nb.load(head_mask) if head_mask else skullstrip.mask_from_stripped(img)
+        mask = nb.Nifti1Image((np.asanyarray(source.dataobj) > 0).astype(np.uint8), img.affine)
+        method = "input already brain-extracted"
     elif mode == "ants":
         mask = skullstrip.template_mask(img, template_t1w, template_mask)
         method = "template-based (antspyx SyN, template brain mask)"
@@ -184,6 +191,27 @@ def atlas_node(reference, to_template, to_native, atlas_names, template):
         nb.save(nb.Nifti1Image(np.rint(img.get_fdata()).astype(np.int16), img.affine), path)
         out[name] = path
     return out
+
+
+def qc_node(t1w, corrected, head_mask, brain_mask, probseg, dseg, biasfield, priors, to_template, to_native,
+            similarity, template_mask, prestripped, conform_json, source):
+    """IQMs, QC checks and classifier; returns (iqm_json, qc_json)."""
+    import json
+    import os
+
+    from bids_app.participant.register import TemplateRegistration
+    from bids_app.qc.assess import assess_t1w
+
+    reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float(similarity))
+    with open(conform_json) as fh:
+        orientation = json.load(fh).get("OriginalOrientation")
+    iqms, qc = assess_t1w(t1w, corrected, head_mask, brain_mask, probseg, dseg, biasfield, priors, reg,
+                          template_mask, prestripped, source, orientation)
+    paths = os.path.abspath("iqm.json"), os.path.abspath("qc.json")
+    for data, path in zip((iqms, qc), paths):
+        with open(path, "w") as fh:
+            json.dump(data, fh, indent=2, default=float)
+    return paths
 
 
 def thickness_node(dseg, probseg, nthreads):

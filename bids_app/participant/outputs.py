@@ -90,6 +90,10 @@ def write_participant_outputs(output_dir: str, bids_dir: str, subject: str, sess
     if work.get("thickness"):
         native("thickness", work["thickness"], pre_uri, Units="mm", Method=params["thickness"])
     written += _write_tables(out, work, pre_uri)
+    for kind, key in (("iqms", "iqm_json"), ("qc", "qc_json")):
+        if work.get(key):
+            data = json.loads(Path(work[key]).read_text())
+            written.append(d.write_json(out.path(kind, contrast="T1w"), {**data, "Sources": raw + pre_uri}))
     return [str(p) for p in written]
 
 

@@ -48,14 +48,15 @@ def _fn(func, inputs, outputs, name, mem_gb=1.0, n_procs=1) -> Node:
 
 def sink_node(output_dir, bids_dir, subject, session, source_t1w, params, prestripped, conform_json, preproc,
               biasfield, head_mask, brain_mask, skullstrip_method, dseg, probseg, to_template, to_native,
-              similarity, std, atlases, tissue_tsv, atlas_tsv, thickness=None):
+              similarity, std, atlases, tissue_tsv, atlas_tsv, iqm_json, qc_json, thickness=None):
     """Write the derivatives of one participant/session (last node)."""
     from bids_app.participant.outputs import write_participant_outputs
 
     work = dict(prestripped=prestripped, conform_json=conform_json, preproc=preproc, biasfield=biasfield,
                 head_mask=head_mask, brain_mask=brain_mask, skullstrip_method=skullstrip_method, dseg=dseg,
                 probseg=probseg, to_template=to_template, to_native=to_native, similarity=similarity, std=std,
-                atlases=atlases, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv, thickness=thickness)
+                atlases=atlases, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv, iqm_json=iqm_json, qc_json=qc_json,
+                thickness=thickness)
     return write_participant_outputs(output_dir, bids_dir, subject, session, source_t1w, work, params)
 
 
@@ -84,7 +85,8 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     detect = _fn(nodes.detect_prestripped_node, ["in_file", "mode"], ["prestripped"], "detect_prestripped", 0.5)
     detect.inputs.mode = settings.skull_strip
     bias = _fn(nodes.bias_node, ["in_file", "prestripped"], ["corrected", "biasfield", "head_mask"], "bias", 1.0)
-    strip = _fn(nodes.skullstrip_node, ["in_file", "prestripped", "mode", "template_t1w", "template_mask", "nthreads"],
+    strip = _fn(nodes.skullstrip_node, ["in_file", "prestripped", "mode", "template_t1w", "template_mask", "nthreads",
+                                        "head_mask"],
                 ["brain_mask", "brain", "method"], "skullstrip", 1.5, threads)
     strip.inputs.mode = settings.skull_strip
     strip.inputs.template_t1w = str(resources["T1w-res1"])
@@ -111,10 +113,15 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     morph = _fn(nodes.morphometry_node, ["brain_mask", "probseg", "atlases", "template", "thickness"],
                 ["tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
     morph.inputs.template = settings.template
+    qc = _fn(nodes.qc_node, ["t1w", "corrected", "head_mask", "brain_mask", "probseg", "dseg", "biasfield", "priors",
+                             "to_template", "to_native", "similarity", "template_mask", "prestripped", "conform_json",
+                             "source"], ["iqm_json", "qc_json"], "qc", 1.5)
+    qc.inputs.template_mask = str(resources[f"mask-res{res}"])
+    qc.inputs.source = str(inputs.t1w)
     sink_inputs = ["output_dir", "bids_dir", "subject", "session", "source_t1w", "params", "prestripped",
                    "conform_json", "preproc", "biasfield", "head_mask", "brain_mask", "skullstrip_method", "dseg",
                    "probseg", "to_template", "to_native", "similarity", "std", "atlases", "tissue_tsv", "atlas_tsv",
-                   "thickness"]
+                   "iqm_json", "qc_json", "thickness"]
     sink = _fn(sink_node, sink_inputs, ["written"], "sink", 0.5)
     sink.overwrite = True  # always (re)write: the output folder may have changed since the last run
     sink.inputs.output_dir = str(settings.output_dir)
@@ -151,7 +158,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (conform, detect, [("out_file", "in_file")]),
         (conform, bias, [("out_file", "in_file")]),
         (detect, bias, [("prestripped", "prestripped")]),
-        (bias, strip, [("corrected", "in_file")]),
+        (bias, strip, [("corrected", "in_file"), ("head_mask", "head_mask")]),
         (detect, strip, [("prestripped", "prestripped")]),
         (strip, register, [("brain", "brain")]),
         (bias, warp_priors, [("corrected", "reference")]),
@@ -177,6 +184,14 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (std, sink, [("std", "std")]),
         (atlases, sink, [("atlases", "atlases")]),
         (morph, sink, [("tissue_tsv", "tissue_tsv"), ("atlas_tsv", "atlas_tsv")]),
+        (conform, qc, [("out_file", "t1w"), ("info_json", "conform_json")]),
+        (bias, qc, [("corrected", "corrected"), ("head_mask", "head_mask"), ("biasfield", "biasfield")]),
+        (strip, qc, [("brain_mask", "brain_mask")]),
+        (segment, qc, [("probseg", "probseg"), ("dseg", "dseg")]),
+        (warp_priors, qc, [("priors", "priors")]),
+        (register, qc, [("to_template", "to_template"), ("to_native", "to_native"), ("similarity", "similarity")]),
+        (detect, qc, [("prestripped", "prestripped")]),
+        (qc, sink, [("iqm_json", "iqm_json"), ("qc_json", "qc_json")]),
     ])
     return wf
 
@@ -233,24 +248,40 @@ class Progress:
 
 
 def configure_nipype(work_dir: Path, debug: bool) -> None:
+    """nipype's settings, in this process and, through ``NIPYPE_CONFIG_DIR``, in its workers.
+
+    Workers start from a fresh interpreter (forkserver), so they read the settings
+    from ``<work_dir>/.nipype/nipype.cfg`` rather than inheriting this process's.
+    """
+    import configparser
+    import os
+
     crash_dir = work_dir / "crash"
     crash_dir.mkdir(parents=True, exist_ok=True)
-    nipype_config.update_config({
+    settings = {
         "execution": {
             "crashdump_dir": str(crash_dir),
             "crashfile_format": "txt",
-            "stop_on_first_crash": False,
+            "stop_on_first_crash": "false",
             "hash_method": "content",
-            "remove_unnecessary_outputs": False,
-            "poll_sleep_duration": 0.2,
-            "create_report": False,
-            "parameterize_dirs": False,
+            "remove_unnecessary_outputs": "false",
+            "poll_sleep_duration": "0.2",
+            "create_report": "false",
+            "parameterize_dirs": "false",
         },
         "logging": {"workflow_level": "DEBUG" if debug else "WARNING",
                     "interface_level": "DEBUG" if debug else "WARNING",
-                    "utils_level": "WARNING", "log_to_file": False},
-        "monitoring": {"enabled": False},
-    })
+                    "utils_level": "WARNING", "log_to_file": "false"},
+        "monitoring": {"enabled": "false"},
+    }
+    config_dir = work_dir / ".nipype"
+    config_dir.mkdir(exist_ok=True)
+    parser = configparser.ConfigParser()
+    parser.read_dict(settings)
+    with open(config_dir / "nipype.cfg", "w") as handle:
+        parser.write(handle)
+    os.environ["NIPYPE_CONFIG_DIR"] = str(config_dir)
+    nipype_config.update_config(settings)
     from nipype import logging as nlogging
 
     nlogging.update_logging(nipype_config)
