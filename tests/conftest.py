@@ -80,3 +80,20 @@ def copy_dataset(tmp_path):
         return dst
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def group_cohort(tmp_path_factory) -> dict:
+    """Synthetic participant-level derivatives for the group level (:func:`cohort.make_cohort`, defaults).
+
+    20 participants (10 controls, 10 patients with 10 % less grey matter in AAL3
+    Precentral_L/R), 2 mm template space; built once per session. Tests must not modify
+    it: copy ``output_dir`` first (see test_group_stats.py).
+    """
+    from bids_app.errors import ResourceError
+    from cohort import make_cohort
+
+    try:
+        return make_cohort(tmp_path_factory.mktemp("cohort"))
+    except ResourceError as exc:
+        pytest.skip(f"embedded resources not built: {exc}")

@@ -49,10 +49,14 @@ def phantom_run(tmp_path_factory):
     # the patient without atrophy: everything else identical
     arrays, _ = demo_truth.regenerate_subject(bids, patient, atrophy=False)
     affine = nb.load(t1w_path(bids, patient)).affine
+    t1w_path(bids, BASELINE).parent.mkdir(parents=True)
     save_nifti(arrays["T1w"], affine, t1w_path(bids, BASELINE))
     (bids / "participants.tsv").write_text((bids / "participants.tsv").read_text()
                                            + f"sub-{BASELINE}\tn/a\tn/a\tcontrol\n")
-    baseline_truth = {"brain": arrays["brain"] > 0, "dseg": arrays["dseg"]}
+    baseline_truth = root / "baseline_truth"
+    baseline_truth.mkdir()
+    save_nifti(arrays["brain"].astype(np.uint8), affine, baseline_truth / "brain.nii.gz")
+    save_nifti(arrays["dseg"].astype(np.uint8), affine, baseline_truth / "dseg.nii.gz")
     out, work = root / "out", root / "work"
     code = main([str(bids), str(out), "participant", "-w", str(work), "--skip_bids_validator", "--nprocs", "2",
                  "--participant_label", patient, BASELINE])
@@ -65,11 +69,11 @@ def _scores(run, label: str) -> dict:
     dseg_img = nb.load(o.path("dseg"))
     dseg = np.asarray(dseg_img.dataobj)
     brain = np.asarray(nb.load(o.path("brain_mask")).dataobj) > 0
-    if label == BASELINE:
-        truth_brain, truth_dseg = run["baseline_truth"]["brain"], run["baseline_truth"]["dseg"]
+    if label == BASELINE:  # truth on the raw grid; ours on the conformed (RAS) grid
+        paths = {"brain": run["baseline_truth"] / "brain.nii.gz", "dseg": run["baseline_truth"] / "dseg.nii.gz"}
     else:
         paths = truth_paths(run["bids"] / GROUNDTRUTH, label)
-        truth_brain, truth_dseg = _on(paths["brain"], dseg_img) > 0, _on(paths["dseg"], dseg_img)
+    truth_brain, truth_dseg = _on(paths["brain"], dseg_img) > 0, _on(paths["dseg"], dseg_img)
     return {"brain": _dice(brain, truth_brain), "GM": _dice(dseg == 1, truth_dseg == 1),
             "WM": _dice(dseg == 2, truth_dseg == 2)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from bids_app.bids import derivatives as d
 from bids_app.bids.validator import run_validator
 from bids_app.cli import main
 from bids_app.errors import EX_PARTIAL
+from conftest import STROKE, require
 
 TEMPLATE = "MNI152NLin2009cAsym"
 RUN_PY = Path(__file__).resolve().parents[1] / "run.py"
@@ -54,7 +56,9 @@ def _digest(root, names):
 
 @pytest.mark.slow
 def test_participant_level_end_to_end(make_bids, pumi_t1w, tmp_path, capsys):
-    bids = make_bids({"01": pumi_t1w, "02": _noise_head})
+    # a healthy head, a pure-noise image, and a brain-extracted stroke patient with a lesion
+    stroke = nb.load(next(require(STROKE).glob("sub-*/anat/*_T1w.nii.gz")))
+    bids = make_bids({"01": pumi_t1w, "02": _noise_head, "03": stroke})
     out, work = tmp_path / "out", tmp_path / "work"
     args = [str(bids), str(out), "participant", "-w", str(work), "--skip_bids_validator", "--nprocs", "2"]
     # a crash (kill -9 of the whole process group) once normalization has finished ...
@@ -66,7 +70,7 @@ def test_participant_level_end_to_end(make_bids, pumi_t1w, tmp_path, capsys):
     assert "[sub_01] bias done (cached)" in err and "[sub_01] register done (cached)" in err, err
     # one failing participant does not sink the other; the summary says which and where
     assert code == EX_PARTIAL, err
-    assert "1 of 2 participant session(s) failed" in err and "sub-02: step" in err
+    assert "1 of 3 participant session(s) failed" in err and "sub-02: step" in err
     assert not (out / "sub-02").exists()
 
     o = d.Outputs(out, "01")
@@ -92,6 +96,14 @@ def test_participant_level_end_to_end(make_bids, pumi_t1w, tmp_path, capsys):
     template_ml = mod.get_fdata().sum() * np.prod(mod.header.get_zooms()[:3]) / 1000
     assert abs(template_ml / native_ml - 1) < 0.02
     assert abs(native_ml - tissue["gm_ml"]) < 1e-3
+    # the stroke patient's own brain mask is kept (no second stripping) and its tissues are plausible
+    s3 = d.Outputs(out, "03")
+    meta = json.loads(d.sidecar_path(s3.path("brain_mask")).read_text())
+    assert meta["Method"] == "input already brain-extracted"
+    raw_brain_ml = (np.asanyarray(stroke.dataobj) > 0).sum() * np.prod(stroke.header.get_zooms()[:3]) / 1000
+    stroke_tissue = pd.read_csv(s3.path("tissue_morph"), sep="\t").iloc[0]
+    assert abs(stroke_tissue["tiv_ml"] / raw_brain_ml - 1) < 0.02
+    assert 0.35 < stroke_tissue["gm_fraction"] < 0.65
     # precentral gyrus ROI present in the default atlas table
     roi = pd.read_csv(o.path("atlas_morph", atlas="AAL3"), sep="\t").set_index("name")
     assert roi.loc["Precentral_L", "gm_ml"] > 5 and roi.loc["Precentral_R", "gm_ml"] > 5
