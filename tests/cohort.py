@@ -322,3 +322,127 @@ def _write_unit(out: Path, outputs: d.Outputs, maps: dict[str, np.ndarray], grid
         if name == "AAL3":
             roi_gm = table.set_index("name")["gm_ml"].to_dict()
     return {"modulated": modulated, "roi_gm": roi_gm}
+
+
+# --------------------------------------------------------------------------- one participant's outputs
+
+#: Bias field of :func:`make_participant_outputs`: SD (relative) and smoothness (FWHM, mm).
+BIAS_SD = 0.05
+BIAS_FWHM_MM = 80.0
+
+
+def abide_medians() -> dict[str, float]:
+    """ABIDE's median of every MRIQC IQM (``p50`` of the table shipped with the QC classifier,
+    computed from mriqc-learn's 1101 ABIDE scans)."""
+    from bids_app.errors import ResourceError
+    from bids_app.qc.classifier import DATA_DIR, REFERENCE_FILE
+
+    path = DATA_DIR / REFERENCE_FILE
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except OSError as exc:
+        raise ResourceError(f"The ABIDE IQM reference table {path} cannot be read ({exc}).",
+                            "Reinstall MorphoBIDS (bids_app/data/qc ships with the package).") from None
+    return {str(k): float(v) for k, v in zip(table["iqm"], table["p50"], strict=True)}
+
+
+def _project_qc(iqms: dict, t1w: nb.Nifti1Image, head: nb.Nifti1Image, brain_path: Path,
+                template_mask: Path) -> dict:
+    """The participant level's QC JSON (:func:`bids_app.qc.assess.assess_t1w`'s ``qc``) for a T1w
+    that *is* the template: identity normalization (similarity 1, full coverage, the template
+    brain mask as its own native-space template mask)."""
+    from bids_app.qc.checks import build_context, fov_metrics, run_checks
+    from bids_app.qc.classifier import predict_accept
+
+    context = build_context(t1w, head, nb.load(brain_path), registration_similarity=1.0, template_coverage=1.0,
+                            fov=fov_metrics(brain_path, template_mask))
+    checks = run_checks(iqms, context)
+    classifier = predict_accept(iqms)
+    return {"verdict": checks["verdict"], "flags": checks["flags"], "notes": checks["notes"],
+            "p_accept": classifier["p_accept"], "classifier": classifier, "context": context.as_dict(),
+            "thresholds": checks["thresholds"]}
+
+
+def make_participant_outputs(output_dir: str | Path, label: str, template: str = TEMPLATE, res: int = 2,
+                             qc: dict | None = None, *, iqms: dict | None = None, session: str | None = None,
+                             seed: int = 0) -> dict:
+    """Write the participant-level outputs a participant report reads, for a participant whose
+    T1w is the template itself (``res`` mm grid).
+
+    Native space is the template grid, so every figure of the report is drawn from real
+    anatomy: ``preproc_t1w`` is the template's whole-head T1w (not skull-stripped), the
+    ``biasfield`` a smooth multiplicative field of mean 1 (SD :data:`BIAS_SD`, FWHM
+    :data:`BIAS_FWHM_MM`; the raw T1w is ``preproc x biasfield`` as N4 models it),
+    ``head_mask`` the project's N4 head mask of the raw T1w, ``brain_mask`` the template's,
+    ``probseg`` the template's tissue priors inside it, ``dseg`` their argmax (1 GM, 2 WM,
+    3 CSF), ``std_preproc_t1w`` the template T1w, ``tissue_morph`` the project's
+    :func:`tissue_volumes` of the probseg. The IQMs (MRIQC names) are those of a typical
+    ABIDE scan, ABIDE's medians (:func:`abide_medians`; not measured on the noise-free
+    template, whose metrics no scanner produces), updated with the given ``iqms``. ``qc``
+    is written as given; by default it is what the participant level writes: the project's
+    rule-based checks and classifier on those IQMs and the image (at 2 mm the voxel-size
+    check warns). The dataset-level files are written when ``output_dir`` has none.
+
+    Returns a dict: ``outputs`` (:class:`Outputs`), ``paths`` (kind -> path; ``probseg``
+    -> {tissue: path}), ``iqms``, ``qc``, ``tissue`` (the table's row), ``template``,
+    ``res`` (label), ``template_mask`` (path), ``source`` (the raw T1w's BIDS path).
+    """
+    from bids_app.participant.bias import head_mask
+
+    output_dir = Path(output_dir)
+    if not (output_dir / "dataset_description.json").is_file():
+        d.init_derivatives(output_dir, None)
+    outputs = d.Outputs(output_dir, label, session)
+    res_label = d.resolution_label(res)
+    source = f"{outputs.prefix.replace('_', '/')}/anat/{outputs.prefix}_T1w.nii.gz"
+    sources = [f"bids:raw:{source}"]
+
+    t1w_img = nb.load(get_template(template, res))
+    mask_path = get_template(template, res, suffix="mask", desc="brain")
+    mask_img = nb.load(mask_path)
+    affine = t1w_img.affine
+    t1w = np.asanyarray(t1w_img.dataobj).astype(np.float32)
+    brain = np.asanyarray(mask_img.dataobj) > 0
+    priors = {t: np.asanyarray(nb.load(get_template(template, res, label=t)).dataobj).astype(np.float32) * brain
+              for t in TISSUES}
+    labels = (np.argmax(np.stack([priors[t] for t in TISSUES]), axis=0) + 1).astype(np.uint8) * brain
+    voxel_mm = float(nb.affines.voxel_sizes(affine)[0])
+    field = 1.0 + np.float32(BIAS_SD) * smooth_field(np.random.default_rng(seed), t1w.shape, voxel_mm, BIAS_FWHM_MM)
+    head = head_mask(nb.Nifti1Image(t1w * field, affine))
+
+    def image(values: np.ndarray, dtype) -> nb.Nifti1Image:
+        img = nb.Nifti1Image(values.astype(dtype), affine)
+        img.header.set_xyzt_units("mm")
+        return img
+
+    paths: dict = {}
+
+    def save(kind: str, img: nb.Nifti1Image, fields: dict | None = None, **meta) -> Path:
+        path = d.write_nifti(outputs.path(kind, **(fields or {})), img)
+        d.write_json(d.sidecar_path(path), d.sidecar(kind, sources, **meta))
+        return path
+
+    paths["preproc_t1w"] = save("preproc_t1w", image(t1w, np.float32), skull_stripped=False,
+                                Description=f"The {template} T1w template used as a participant's T1w.")
+    paths["biasfield"] = save("biasfield", image(field, np.float32), skull_stripped=False)
+    paths["head_mask"] = save("head_mask", image(np.asanyarray(head.dataobj), np.uint8))
+    paths["brain_mask"] = save("brain_mask", image(brain, np.uint8))
+    paths["dseg"] = save("dseg", image(labels, np.uint8))
+    paths["probseg"] = {t: save("probseg", image(priors[t], np.float32), {"label": t}) for t in TISSUES}
+    paths["std_preproc_t1w"] = save("std_preproc_t1w", image(t1w, np.float32), {"template": template, "res": res_label},
+                                    skull_stripped=False, resolution_mm=res)
+
+    native = {t: image(priors[t], np.float32) for t in TISSUES}
+    tissue = tissue_volumes(native, image(brain, np.uint8))
+    paths["tissue_morph"] = d.write_tsv(outputs.path("tissue_morph"), pd.DataFrame([tissue]))
+    d.write_json(d.sidecar_path(paths["tissue_morph"]),
+                 {**data_dictionary("tissue"), "Sources": [d.bids_uri(paths["preproc_t1w"], output_dir, "morphobids")]})
+
+    values = abide_medians()
+    values.update(iqms or {})
+    quality = dict(qc) if qc is not None else _project_qc(values, nb.Nifti1Image(t1w * field, affine), head,
+                                                           paths["brain_mask"], mask_path)
+    paths["iqms"] = d.write_json(outputs.path("iqms", contrast="T1w"), values)
+    paths["qc"] = d.write_json(outputs.path("qc", contrast="T1w"), quality)
+    return {"outputs": outputs, "paths": paths, "iqms": values, "qc": quality, "tissue": tissue,
+            "template": template, "res": res_label, "template_mask": mask_path, "source": source}
