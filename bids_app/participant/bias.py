@@ -8,12 +8,9 @@ multiplicative bias (``corrected = image / field``), kept for the INU metrics of
 
 from __future__ import annotations
 
-import ants
 import nibabel as nb
 import numpy as np
 from scipy import ndimage
-
-from bids_app.participant.antsio import from_ants, to_ants
 
 #: A fast N4 schedule: 3 fitting levels, 40/30/20 iterations (antspyx default: 4 x 50).
 N4_CONVERGENCE = {"iters": [40, 30, 20], "tol": 1e-6}
@@ -42,6 +39,10 @@ def n4(img: nb.Nifti1Image, mask: nb.Nifti1Image | None = None, shrink_factor: i
 
     ``shrink_factor`` defaults to a working grid of about 4 mm (4 for 1 mm input, 2 for 2 mm).
     """
+    import ants  # imported here: head_mask alone should not pay antspyx's import time
+
+    from bids_app.participant.antsio import from_ants, to_ants
+
     mask = mask if mask is not None else head_mask(img)
     if shrink_factor is None:
         shrink_factor = max(1, int(round(4.0 / min(img.header.get_zooms()[:3]))))
