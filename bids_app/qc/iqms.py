@@ -36,6 +36,7 @@ import os
 import sys
 import tempfile
 import types
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nb
@@ -386,24 +387,33 @@ def compute_ghost_ratio(t1w: nb.Nifti1Image | str | Path, head_mask: nb.Nifti1Im
 # ------------------------------------------------------------------------------ API
 
 
-def compute_iqms(t1w_path, head_mask_path, brain_mask_path, probseg_paths: dict[str, str], dseg_path,
-                 biasfield_path, template_tpms_native: dict | None = None, *, inu_corrected_path=None,
-                 pe_direction: str | None = None, orientation: str | None = None) -> dict[str, float]:
-    """All IQMs of one T1w under MRIQC's key names (see the module docstring and :data:`METRIC_IMAGE`).
+@dataclass(frozen=True)
+class QCInputs:
+    """The arrays the IQMs need, all on the conformed T1w grid (see :func:`load_inputs`)."""
 
-    ``t1w_path``: the conformed T1w before bias correction; ``probseg_paths``: {"GM", "WM",
-    "CSF"} partial-volume maps; ``dseg_path``: hard labels (brain where > 0);
-    ``biasfield_path``: the multiplicative N4 field; ``template_tpms_native``: {"GM", "WM",
-    "CSF"} template priors on the T1w grid (adds ``tpm_overlap_*``); ``inu_corrected_path``:
-    the N4-corrected T1w (default: T1w / field); ``pe_direction``, ``orientation``: see
-    :func:`compute_ghost_ratio`. Raises :class:`InputDataError` for a missing, unreadable or
-    misaligned input.
-    """
+    affine: np.ndarray
+    raw: np.ndarray  # conformed T1w, not bias-corrected
+    corrected: np.ndarray  # INU-corrected T1w
+    bias: np.ndarray  # multiplicative N4 field
+    head: np.ndarray
+    brain: np.ndarray
+    pvms: dict[str, np.ndarray]  # "csf", "gm", "wm" partial-volume maps
+    dseg: np.ndarray
+    priors: dict[str, np.ndarray] | None = None  # "csf", "gm", "wm" template priors in native space
+
+
+def load_inputs(t1w_path, head_mask_path, brain_mask_path, probseg_paths: dict[str, str], dseg_path,
+                biasfield_path, template_tpms_native: dict | None = None,
+                inu_corrected_path=None) -> QCInputs:
+    """Read and check the inputs of :func:`compute_iqms` (all must share the T1w grid)."""
     t1w = _load(t1w_path, "conformed T1w")
     raw = _on_grid(t1w, t1w, t1w_path, "conformed T1w")
     if not np.any(raw > 0):
         raise InputDataError(f"The T1w {t1w_path} has no positive intensity.", "Check the input image.")
-    grid = lambda path, what: _on_grid(_load(path, what), t1w, path, what)  # noqa: E731
+
+    def grid(source, what: str) -> np.ndarray:
+        return _on_grid(_as_image(source, what), t1w, source, what)
+
     head = grid(head_mask_path, "head mask") > 0
     brain = grid(brain_mask_path, "brain mask") > 0
     if head.sum() < 100 or brain.sum() < 100:
@@ -414,32 +424,55 @@ def compute_iqms(t1w_path, head_mask_path, brain_mask_path, probseg_paths: dict[
         raise InputDataError(f"QC needs GM, WM and CSF tissue maps; missing {', '.join(missing)}.",
                              "Pass probseg_paths with GM, WM and CSF.")
     pvms = {key: np.clip(grid(probseg_paths[label], f"{label} probseg"), 0, 1) for key, label in TISSUE_KEYS.items()}
-    dseg = grid(dseg_path, "dseg").astype(np.uint8)
     bias = grid(biasfield_path, "bias field")
     if inu_corrected_path is not None:
         corrected = grid(inu_corrected_path, "INU-corrected T1w")
     else:
         corrected = raw / np.where(bias > 0, bias, 1.0).astype(np.float32)
-    zooms = voxel_sizes(t1w.affine)
+    priors = None
+    if template_tpms_native:
+        priors = {key: grid(template_tpms_native.get(label), f"template {label} prior")
+                  for key, label in TISSUE_KEYS.items()}
+    return QCInputs(affine=t1w.affine, raw=raw, corrected=corrected, bias=bias, head=head, brain=brain, pvms=pvms,
+                    dseg=grid(dseg_path, "dseg").astype(np.uint8), priors=priors)
 
-    masks = background_masks(raw, head, brain, t1w.affine)
-    data = harmonize(corrected, pvms["wm"])
+
+def iqms_of(inputs: QCInputs, pe_direction: str | None = None, orientation: str | None = None) -> dict[str, float]:
+    """All IQMs from loaded inputs (see :func:`compute_iqms`)."""
     from mriqc.qc.anatomical import art_qi2
 
+    zooms = voxel_sizes(inputs.affine)
+    masks = background_masks(inputs.raw, inputs.head, inputs.brain, inputs.affine)
+    data = harmonize(inputs.corrected, inputs.pvms["wm"])
     with _mriqc_runtime():
-        iqms = intensity_metrics(data, pvms, masks, head)
-        iqms["qi_2"], _ = art_qi2(raw, masks.hat, max_voxels=QI2_MAX_VOXELS, save_plot=False)
-    iqms["qi_2"] = float(iqms["qi_2"])
-    iqms.update(fwhm_metrics(raw, brain, zooms))
-    iqms.update(tissue_metrics(pvms, dseg))
-    iqms.update(inu_metrics(bias, dseg > 0))
-    if template_tpms_native:
-        for key, label in TISSUE_KEYS.items():
-            source = template_tpms_native.get(label)
-            prior = _on_grid(_as_image(source, f"template {label} prior"), t1w, source, f"template {label} prior")
-            iqms[f"tpm_overlap_{key}"] = fuzzy_overlap(pvms[key], prior)
-    iqms.update({f"size_{a}": int(n) for a, n in zip("xyz", t1w.shape[:3])})
+        iqms = intensity_metrics(data, inputs.pvms, masks, inputs.head)
+        qi2, _ = art_qi2(inputs.raw, masks.hat, max_voxels=QI2_MAX_VOXELS, save_plot=False)
+    iqms["qi_2"] = float(qi2)
+    iqms.update(fwhm_metrics(inputs.raw, inputs.brain, zooms))
+    iqms.update(tissue_metrics(inputs.pvms, inputs.dseg))
+    iqms.update(inu_metrics(inputs.bias, inputs.dseg > 0))
+    if inputs.priors is not None:
+        iqms.update({f"tpm_overlap_{k}": fuzzy_overlap(inputs.pvms[k], inputs.priors[k]) for k in TISSUE_KEYS})
+    iqms.update({f"size_{a}": int(n) for a, n in zip("xyz", inputs.raw.shape)})
     iqms.update({f"spacing_{a}": float(z) for a, z in zip("xyz", zooms)})
     axes = [phase_encoding_axis(pe_direction, orientation)] if pe_direction else candidate_ghost_axes(zooms)
-    iqms.update(ghost_ratios(raw, head, zooms, axes, exclude=masks.empty))
+    iqms.update(ghost_ratios(inputs.raw, inputs.head, zooms, axes, exclude=masks.empty))
     return dict(sorted(iqms.items()))
+
+
+def compute_iqms(t1w_path, head_mask_path, brain_mask_path, probseg_paths: dict[str, str], dseg_path,
+                 biasfield_path, template_tpms_native: dict | None = None, *, inu_corrected_path=None,
+                 pe_direction: str | None = None, orientation: str | None = None) -> dict[str, float]:
+    """All IQMs of one T1w under MRIQC's key names (see the module docstring and :data:`METRIC_IMAGE`).
+
+    ``t1w_path``: the conformed T1w before bias correction; ``probseg_paths``: {"GM", "WM",
+    "CSF"} partial-volume maps; ``dseg_path``: hard labels (brain where > 0);
+    ``biasfield_path``: the multiplicative N4 field; ``template_tpms_native``: {"GM", "WM",
+    "CSF"} template priors on the T1w grid, paths or images (adds ``tpm_overlap_*``);
+    ``inu_corrected_path``: the N4-corrected T1w (default: T1w / field); ``pe_direction``,
+    ``orientation``: see :func:`compute_ghost_ratio`. Raises :class:`InputDataError` for a
+    missing, unreadable or misaligned input.
+    """
+    inputs = load_inputs(t1w_path, head_mask_path, brain_mask_path, probseg_paths, dseg_path, biasfield_path,
+                         template_tpms_native, inu_corrected_path)
+    return iqms_of(inputs, pe_direction, orientation)

@@ -9,9 +9,12 @@ affine; here the plane is placed at the same height relative to the brain's supe
 extent (:data:`PLANE_FRACTION`, measured on the MNI152NLin2009cAsym brain mask), which needs no
 registration.
 
-Artifact voxels are hat voxels brighter than ``zscore`` robust standard deviations of the positive
-background (the noise level), away from the head (Mortamet's step 1 for QI1), cleaned by a
-6-connected opening so that isolated noise spikes are not counted.
+Artifact voxels are hat voxels brighter than ``zscore`` robust standard deviations of the
+background noise, away from the head (Mortamet's step 1 for QI1), cleaned by a 6-connected
+opening so that isolated noise spikes are not counted. The noise level is the Rayleigh sigma of
+the darker half of the background (:func:`rayleigh_sigma`), not MRIQC's MAD of the positive
+background, which collapses on integer backgrounds of one or two units and is swept along when
+ghosts fill much of the hat.
 
 Zero-filled regions ("rotation mask" in MRIQC: padding after reorientation, defacing, cropping)
 carry no noise measurement and are left out of the air.
