@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from bids_app.bids import derivatives as d  # noqa: E402
 from bids_app.errors import ResourceError, UsageError  # noqa: E402
+from bids_app.reports.figures import figure_svg  # noqa: E402
 
 ALPHA = 0.05
 NEGATIVE, POSITIVE, MUTED = "#2166ac", "#b2182b", "#9e9e9e"
@@ -47,12 +47,6 @@ def fdr_threshold(p: np.ndarray, q: np.ndarray, alpha: float = ALPHA) -> float |
     return float(p[passing].max()) if passing.any() else None
 
 
-def _to_svg(fig) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
 
 
 def _save(svg: str, path: str | Path | None) -> str:
@@ -103,7 +97,7 @@ def manhattan_figure(results: pd.DataFrame, atlas: str, measure: str, alpha: flo
 def manhattan_svg(results: pd.DataFrame, atlas: str, measure: str, alpha: float = ALPHA,
                   path: str | Path | None = None) -> str:
     """SVG text of :func:`manhattan_figure` (also written atomically to ``path`` when given)."""
-    return _save(_to_svg(manhattan_figure(results, atlas, measure, alpha)), path)
+    return _save(figure_svg(manhattan_figure(results, atlas, measure, alpha)), path)
 
 
 def _effect_column(rows: pd.DataFrame, value: str | None) -> str:
@@ -164,6 +158,6 @@ def effect_map_svg(results: pd.DataFrame, atlas: str, measure: str, value: str |
         title=f"{atlas} {measure}: {label}" + (f" (FDR q < {alpha:g})" if alpha is not None else ""),
     )
     fig = display.frame_axes.figure
-    svg = _to_svg(fig)
+    svg = figure_svg(fig)
     display.close()
     return _save(svg, path)

@@ -7,27 +7,19 @@ suprathreshold voxel still give a figure (the empty glass brain, titled so).
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nb  # noqa: E402
 import numpy as np  # noqa: E402
 from nilearn import plotting  # noqa: E402
 
 from bids_app.errors import ResourceError  # noqa: E402
+from bids_app.reports.figures import display_svg  # noqa: E402
 
 
-def _svg(display) -> str:
-    buffer = io.StringIO()
-    display.frame_axes.figure.savefig(buffer, format="svg", bbox_inches="tight")
-    display.close()
-    plt.close("all")
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
 
 
 def _load(img) -> nb.Nifti1Image:
@@ -74,7 +66,7 @@ def glass_brain_svg(stat_img, threshold: float, *, two_sided: bool = False, titl
             plot_abs=False, cmap="RdBu_r" if two_sided else "hot", vmax=vmax,
             vmin=-vmax if two_sided else threshold, symmetric_cbar=two_sided, title=_title(title, empty),
             black_bg=False, annotate=True)
-    return _svg(display)
+    return display_svg(display, facecolor=None)
 
 
 def stat_map_svg(stat_img, threshold: float, *, two_sided: bool = False, title: str | None = None,
@@ -108,7 +100,7 @@ def stat_map_svg(stat_img, threshold: float, *, two_sided: bool = False, title: 
             display_mode=display_mode, cut_coords=cut_coords, colorbar=not empty,
             cmap="RdBu_r" if two_sided else "hot", vmax=vmax, symmetric_cbar=two_sided,
             title=_title(title, empty), black_bg=True, draw_cross=False, annotate=True, dim=-0.3)
-    return _svg(display)
+    return display_svg(display, facecolor=None)
 
 
 def vbm_figures(result, *, fwe_alpha: float = 0.05) -> dict[str, str]:

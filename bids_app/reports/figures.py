@@ -13,13 +13,24 @@ import numpy as np  # noqa: E402
 from nilearn import plotting  # noqa: E402
 
 
-def _svg(display) -> str:
+def figure_svg(fig, facecolor: str | None = None) -> str:
+    """A matplotlib figure as an inline ``<svg>`` string (the figure is closed)."""
     buffer = io.StringIO()
-    display.frame_axes.figure.savefig(buffer, format="svg", bbox_inches="tight", facecolor="black")
-    display.close()
-    plt.close("all")
+    fig.savefig(buffer, format="svg", bbox_inches="tight", **({"facecolor": facecolor} if facecolor else {}))
+    plt.close(fig)
     text = buffer.getvalue()
     return text[text.index("<svg"):]
+
+
+def display_svg(display, facecolor: str | None = "black") -> str:
+    """A nilearn display as an inline ``<svg>`` string (the display is closed)."""
+    svg = figure_svg(display.frame_axes.figure, facecolor)
+    display.close()
+    plt.close("all")
+    return svg
+
+
+
 
 
 def _cuts(img: nb.Nifti1Image, mask: nb.Nifti1Image, axis: str, n: int = 7) -> list[float]:
@@ -46,7 +57,7 @@ def segmentation_mosaic(t1w, brain_mask, dseg) -> str:
         display.add_contours(brain_mask, levels=[0.5], colors="r", linewidths=0.8)
         display.add_contours(gm, levels=[0.5], colors="lime", linewidths=0.4)
         display.add_contours(wm, levels=[0.5], colors="deepskyblue", linewidths=0.4)
-        svgs.append(_svg(display))
+        svgs.append(display_svg(display))
     return "\n".join(svgs)
 
 
@@ -57,7 +68,7 @@ def normalization_check(std_t1w, template_mask) -> str:
     display = plotting.plot_anat(std_t1w, display_mode="ortho", cut_coords=(0, -18, 18), dim=-0.3,
                                  annotate=True, draw_cross=False, black_bg=True)
     display.add_contours(mask, levels=[0.5], colors="orange", linewidths=1.0)
-    return _svg(display)
+    return display_svg(display)
 
 
 def bias_field(field, brain_mask) -> str:
@@ -69,4 +80,4 @@ def bias_field(field, brain_mask) -> str:
     scaled = nb.Nifti1Image((data / np.median(data[inside])).astype(np.float32), field.affine)
     display = plotting.plot_img(scaled, display_mode="z", cut_coords=_cuts(field, mask, "z", 5), cmap="coolwarm",
                                 vmin=0.7, vmax=1.3, colorbar=True, black_bg=True, annotate=False, draw_cross=False)
-    return _svg(display)
+    return display_svg(display)

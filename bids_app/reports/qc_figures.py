@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 
@@ -28,6 +27,8 @@ import nibabel as nb  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
+
+from bids_app.reports.figures import display_svg, figure_svg  # noqa: E402
 
 #: The IQMs a reviewer looks at first (MRIQC's summary set for T1w).
 KEY_IQMS = ("cjv", "cnr", "snr_total", "efc", "fber", "qi_1", "inu_range", "fwhm_avg")
@@ -205,12 +206,6 @@ def iqm_outliers(table: pd.DataFrame, keys: Sequence[str] = KEY_IQMS,
 # --------------------------------------------------------------------------- figures
 
 
-def _svg(fig) -> str:
-    buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
 
 
 def unit_labels(table: pd.DataFrame) -> list[str]:
@@ -287,7 +282,7 @@ def distribution_svg(table: pd.DataFrame, columns: Sequence[str], *, by: str | N
     for ax in axes.ravel()[len(columns):]:
         ax.set_visible(False)
     fig.tight_layout()
-    return _svg(fig)
+    return figure_svg(fig)
 
 
 def _image(source) -> nb.Nifti1Image:
@@ -343,9 +338,4 @@ def background_svg(t1w, air, artifacts, n_cuts: int = 6) -> str:
     if artifact_mask.any():
         display.add_overlay(art_img, cmap=ListedColormap(["#ff2020"]), threshold=0.5, transparency=0.9, vmin=0.5,
                             vmax=1)
-    buffer = io.StringIO()
-    display.frame_axes.figure.savefig(buffer, format="svg", bbox_inches="tight", facecolor="black")
-    display.close()
-    plt.close("all")
-    text = buffer.getvalue()
-    return text[text.index("<svg"):]
+    return display_svg(display)
