@@ -152,13 +152,14 @@ def test_run_passes_exit_codes_through_and_stops_after_a_failed_participant_leve
 
     calls.clear()
     monkeypatch.setattr(bids_app.cli, "main", lambda argv: calls.append(argv) or 0)
-    (tmp_path / "out" / "group").mkdir(parents=True)
+    (tmp_path / "out").mkdir(parents=True)
     (tmp_path / "out" / "sub-01.html").write_text("<html/>")
-    (tmp_path / "out" / "group" / "report.html").write_text("<html/>")
+    (tmp_path / "out" / "group.html").write_text("<html/>")
     assert demo_cli.main(args) == 0
     assert [c[2] for c in calls] == ["participant", "group"]
+    assert calls[1][-2:] == ["--n-perm", "1000"]
     out = capsys.readouterr().out
-    assert "sub-01.html" in out and "report.html" in out
+    assert "sub-01.html" in out and "group.html" in out
 
 
 # ------------------------------------------------------------------ the dataset

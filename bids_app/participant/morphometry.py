@@ -130,17 +130,23 @@ _ROI_DICTIONARY = {
     "wm_ml": ("White-matter volume in the region: sum of the WM probability over its voxels times the voxel volume",
               "mL"),
     "csf_ml": ("CSF volume in the region: sum of the CSF probability over its voxels times the voxel volume", "mL"),
-    "thickness_mm": ("Mean cortical thickness (DiReCT) over the region's cortical voxels; n/a without cortex; "
-                     "only with --cortical-thickness", "mm"),
+}
+
+_THICKNESS_DICTIONARY = {
+    "thickness_mm": ("Mean cortical thickness (DiReCT) over the region's cortical voxels; n/a without cortex",
+                     "mm"),
 }
 
 
-def data_dictionary(kind: str) -> dict:
+def data_dictionary(kind: str, thickness: bool = False) -> dict:
     """BIDS data dictionary (the JSON sidecar of a TSV) for ``kind`` "tissue" or "roi".
 
-    Each column maps to ``{"Description": ..., "Units": ...}`` (no Units for labels).
+    Each column maps to ``{"Description": ..., "Units": ...}`` (no Units for labels);
+    ``thickness`` adds the ROI table's ``thickness_mm`` column (``--cortical-thickness``).
     """
     entries = {"tissue": _TISSUE_DICTIONARY, "roi": _ROI_DICTIONARY}.get(kind)
+    if entries is not None and kind == "roi" and thickness:
+        entries = {**entries, **_THICKNESS_DICTIONARY}
     if entries is None:
         raise ValueError(f"Unknown table kind {kind!r}: use 'tissue' or 'roi'.")
     out = {}

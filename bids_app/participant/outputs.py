@@ -108,7 +108,7 @@ def _write_tables(out: d.Outputs, work: dict, sources: list[str]) -> list[Path]:
     for name, src in work["atlas_tsv"].items():
         table = pd.read_csv(src, sep="\t")
         path = d.write_tsv(out.path("atlas_morph", atlas=name), table)
-        columns = {k: v for k, v in data_dictionary("roi").items() if k in table.columns}
+        columns = data_dictionary("roi", thickness="thickness_mm" in table.columns)
         written += [path, d.write_json(d.sidecar_path(path), {**columns, "Sources": sources,
                                                                "Atlas": name})]
     return written
