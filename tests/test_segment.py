@@ -63,6 +63,32 @@ def synthetic_head(shape=(56, 60, 52), noise=0.05, bias=0.3, seed=0, ventricle=F
                                               for t, p in priors.items()}, np.where(mask, truth, 0))
 
 
+def thin_cortex_head(shape=(64, 64, 56), seed=0):
+    """(T1w, brain mask, priors, true labels) with a cortex like a real one at 1 mm: a GM
+    ribbon ~3-4 voxels thick, folded, blurred by one voxel (partial volume on both its
+    sides), noise 3 % of WM; priors as in :func:`synthetic_head`."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape, dtype=np.float32)
+    centre = (np.array(shape, np.float32) - 1) / 2
+    r = np.sqrt(sum(((g - c) / (c * 0.9)) ** 2 for g, c in zip(grid, centre)))
+    folds = 0.08 * np.sin(grid[0] / 2.0) * np.cos(grid[1] / 2.5) * np.sin(grid[2] / 3.0 + 1)
+    labels = np.zeros(shape, np.uint8)
+    labels[r < 1.0] = 3
+    labels[r < 0.88 + folds] = 1
+    labels[r < 0.76 + folds] = 2
+    mean = np.zeros(shape, np.float32)
+    for k, t in enumerate(seg.TISSUES, 1):
+        mean[labels == k] = INTENSITY[t]
+    data = ndimage.gaussian_filter(mean, 1.0) + rng.normal(0, 0.03, shape)
+    mask = labels > 0
+    priors = {t: np.roll(ndimage.gaussian_filter((labels == k).astype(np.float32), 2.0), 2, axis=0)
+              for k, t in enumerate(seg.TISSUES, 1)}
+    total = sum(priors.values())
+    img = lambda a, dt=np.float32: nb.Nifti1Image(np.asarray(a, dt), np.eye(4))  # noqa: E731
+    return (img(data), img(mask, np.uint8), {t: img(np.where(mask, p / np.maximum(total, 1e-6), 0))
+                                              for t, p in priors.items()}, labels)
+
+
 def dice(a, b) -> float:
     return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
@@ -131,6 +157,55 @@ def test_csf_the_priors_do_not_expect_is_found():
     ball = np.zeros(labels.shape, bool)
     ball[tuple(slice(c - 3, c + 4) for c in centre)] = True
     assert (labels[ball] == 3).mean() > 0.95
+
+
+def test_shared_variance_keeps_the_grey_white_boundary():
+    """A thin, blurred cortex: with a variance per class, the GM class (which takes the
+    partial-volume voxels towards WM and towards CSF) widens to ~4x the WM SD and its MAP
+    decision eats ~10 % of the WM; the shared variance keeps both label volumes within 5 %."""
+    t1w, mask, priors, truth = thin_cortex_head()
+    m = truth > 0
+    results = {}
+    for shared in (True, False):
+        info = {}
+        settings = seg.EMSettings(shared_variance=shared)
+        probseg, dseg = seg.segment(t1w, mask, priors, settings=settings, info=info)
+        labels = np.asanyarray(dseg.dataobj)
+        results[shared] = {"dice": dices(dseg, truth), "sds": info["sds"],
+                           "labels": {t: (labels == k).sum() / (truth == k).sum() for k, t in enumerate(seg.TISSUES, 1)},
+                           "volumes": {t: probseg[t].get_fdata()[m].sum() / (truth == k).sum()
+                                       for k, t in enumerate(seg.TISSUES, 1)}}
+    shared, separate = results[True], results[False]
+    assert len(set(shared["sds"].values())) == 1
+    assert separate["sds"]["GM"] > 2.5 * separate["sds"]["WM"], separate  # the failure mode is real
+    assert separate["labels"]["WM"] < 0.93 and separate["labels"]["GM"] > 1.1, separate
+    assert all(abs(v - 1) < 0.05 for v in shared["labels"].values()), shared
+    assert all(abs(v - 1) < 0.05 for v in shared["volumes"].values()), shared
+    assert shared["dice"]["GM"] > 0.93 and shared["dice"]["WM"] > 0.98, shared
+    assert shared["dice"]["GM"] > separate["dice"]["GM"] + 0.04, (shared, separate)
+
+
+def test_pure_class_fit_undoes_the_partial_volume_bias():
+    """Pure tissues plus two-tissue mixtures (uniform fractions): the statistics of a
+    three-class split pull the WM and CSF means towards GM and inflate the SD; the
+    pure + mixed fit recovers the tissue intensities and the noise."""
+    rng = np.random.default_rng(0)
+    true, sd = np.array([INTENSITY[t] for t in seg.TISSUES]), 0.04
+    values, labels = [], []
+    for k in range(3):
+        values.append(true[k] + rng.normal(0, sd, 20000))
+        labels.append(np.full(20000, k))
+    for a, b in seg.PAIRS:
+        f = rng.uniform(0, 1, 8000)
+        values.append(f * true[a] + (1 - f) * true[b] + rng.normal(0, sd, 8000))
+        labels.append(np.where(f > 0.5, a, b))
+    y, labels = np.concatenate(values).astype(np.float32), np.concatenate(labels)
+    q = np.stack([labels == k for k in range(3)]).astype(np.float32)
+    mean, var = seg.class_statistics(y, q, 0.0, shared=True)
+    assert np.abs(mean - true).max() > 0.03 and np.sqrt(var[0]) > 2 * sd  # the three-class bias
+    fitted, fitted_var = seg.fit_pure_classes(y, np.zeros((6, y.size), np.float32), mean, var, 5)
+    assert np.abs(fitted - true).max() < 0.01, fitted
+    assert abs(np.sqrt(fitted_var[0]) - sd) < 0.01, fitted_var
 
 
 def test_scale_invariance(head):
