@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from bids_app.bids import derivatives as d
+from bids_app.bids.validator import run_validator
 from bids_app.cli import main
 from bids_app.group.clusters import labels_at
 from bids_app.resources import get_atlas
@@ -43,6 +44,9 @@ def test_group_level_exits_cleanly_and_writes_everything(group_run):
     html = d.group_report_path(out).read_text()
     assert "Precentral_L" in html and "group + age + sex + tiv" in html
     assert 'src="http' not in html and 'href="http' not in html
+    # the derivative dataset, group outputs included, still passes the official validator
+    result = run_validator(out)
+    assert result.ok, result.summary()
 
 
 def test_qc_failures_are_excluded(group_run):

@@ -34,7 +34,7 @@ BIDSIGNORE = (
     "*_morph.nii.gz",
     "*_iqm.json",
     "*_qc.json",
-    "group/",
+    "group",
 )
 TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
 TISSUE_NAMES = {"GM": "Gray matter", "WM": "White matter", "CSF": "Cerebrospinal fluid"}
