@@ -61,7 +61,7 @@ def test_untouched_scan_passes_but_for_its_2mm_voxels(scan):
 
 
 @pytest.mark.parametrize("name,level,check,verdict", [
-    ("noise", 0.10, "tissue_contrast", "fail"),
+    ("noise", 0.15, "tissue_contrast", "fail"),  # pumi: cjv 0.32 clean, 0.65 at 0.10, 0.90 at 0.15
     ("blur", 5.0, "blurring", "fail"),
     ("ghosting", 0.10, "ghosting", "fail"),
     ("motion_ringing", 0.15, "ghosting", "fail"),

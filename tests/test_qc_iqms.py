@@ -234,15 +234,12 @@ def test_clean_scan_iqms_in_abide_range(scan):
     lies within ABIDE's 0.5-99.5th percentiles. Left out: fber and efc (background energy and
     entropy of the whole grid: they follow the field of view; efc is 0.48 here, 0.48-0.62 in
     MRIQC's DS030 table, 0.56-0.89 in ABIDE), rpve_* (counts the empty grid, so it scales with
-    the FOV), fwhm_* (voxels: 2 mm
-    here, ~1 mm in ABIDE), snr_gm (6.5 here: at 2 mm most GM voxels mix with WM or CSF, which
-    widens its distribution), tpm_overlap_csf and wm2max (tissue-map definitions differ from
-    FSL FAST's), snrd_* (a quantised background of 1-2 units), inu_range (0.08 here: the scanner
-    already normalised the coil profile, ImageType NORM, and our N4 schedule is a quick one),
-    size/spacing."""
+    the FOV), fwhm_* (voxels: 2 mm here, ~1 mm in ABIDE), tpm_overlap_csf and wm2max
+    (tissue-map definitions differ from FSL FAST's), snrd_* (a quantised background of 1-2
+    units), inu_range (this fixture's 2-level N4 is a quick one), size/spacing."""
     table = abide()
     iqms = scan.clean
-    keys = ["cjv", "cnr", "qi_1", "qi_2", "snr_total", "snr_wm", "icvs_csf", "icvs_gm", "icvs_wm",
+    keys = ["cjv", "cnr", "qi_1", "qi_2", "snr_total", "snr_gm", "snr_wm", "snr_csf", "icvs_csf", "icvs_gm", "icvs_wm",
             "inu_med", "tpm_overlap_gm", "tpm_overlap_wm"]
     for key in keys:
         lo, hi = table[key].quantile([0.005, 0.995])
@@ -257,17 +254,27 @@ def test_clean_scan_iqms_in_abide_range(scan):
     assert 0.95 < iqms["inu_med"] < 1.05 and iqms["gsr"] < 0.03
 
 
-def test_tissue_summary_equals_mriqc_on_the_full_grid(scan):
-    """Restricting summary_stats to a map's support changes no statistic."""
+def test_tissue_summary_reads_pure_tissue_only():
+    """A WM ball (1000 + N(0, 20)) in a GM shell (600) with a 2-voxel partial-volume rim: the
+    pure-tissue statistics recover the WM noise; weighting every voxel by its fraction (MRIQC
+    24) lets the rim's mixed intensities triple the SD."""
     from mriqc.qc.anatomical import summary_stats
 
-    data = scan.t1w.get_fdata(dtype=np.float32)
-    weights = {"gm": scan.derived["GM"].get_fdata(dtype=np.float32), "bg": (~scan.mask("head")).astype(np.float32)}
-    fast = tissue_summary(data, weights)
-    full = summary_stats(data, weights)
-    for label in weights:
-        for stat, value in full[label].items():
-            assert fast[label][stat] == pytest.approx(value, rel=1e-6, abs=1e-6), (label, stat)
+    rng = np.random.default_rng(0)
+    r = np.linalg.norm(np.indices((64, 64, 64)) - 31.5, axis=0)
+    wm = np.clip((22 - r) / 2 + 0.5, 0, 1).astype(np.float32)  # fraction 1 inside r=21, 0 beyond r=23
+    gm = np.clip(1 - wm, 0, 1) * (r < 29)
+    data = 1000 * wm + 600 * gm + rng.normal(0, 20, r.shape)
+    ours = tissue_summary(data, {"wm": wm, "gm": gm.astype(np.float32)}, background=r > 31)
+    assert ours["wm"]["stdv"] == pytest.approx(20, rel=0.05)
+    assert ours["wm"]["median"] == pytest.approx(1000, abs=2)
+    assert ours["gm"]["median"] == pytest.approx(600, abs=2)
+    assert ours["wm"]["n"] < (wm > 0.85).sum()  # eroded
+    assert ours["bg"]["n"] == (r > 31).sum()
+    weighted = summary_stats(data, {"wm": wm})["wm"]["stdv"]
+    assert weighted > 2.5 * ours["wm"]["stdv"]
+    thin = tissue_summary(data, {"shell": ((r > 20) & (r < 21.5)).astype(np.float32)})["shell"]
+    assert thin["n"] == ((r > 20) & (r < 21.5)).sum()  # erosion would empty it: kept whole
 
 
 def test_background_masks_on_the_real_scan(scan):

@@ -48,7 +48,7 @@ from bids_app.qc.masks import looks_defaced, voxel_sizes
 #: Check thresholds: ``(warn, fail)``; the direction is given by each check.
 THRESHOLDS: dict[str, tuple[float, float | None]] = {
     # artifacts
-    "cjv": (0.764, 0.832),  # ABIDE p99, p99.5; clean ds000011/pumi 0.56-0.66
+    "cjv": (0.764, 0.832),  # ABIDE p99, p99.5; clean ds000011 0.30-0.40, pumi 0.32
     "cnr": (1.307, 0.560),  # below ABIDE p5, p1 (its low tail is long: warn already at p5)
     "efc": (0.887, 0.894),  # ABIDE p99, p99.5 (depends on the field of view: large FOVs score higher)
     "qi_1": (0.0257, 0.0521),  # ABIDE p99, p99.5; clean ds000011/pumi 0.0015-0.0022
@@ -58,9 +58,7 @@ THRESHOLDS: dict[str, tuple[float, float | None]] = {
     # smoothness in mm (mean over axes of FWHM x spacing): ABIDE p99 6.1; clean ds000011 4.8,
     # pumi (2 mm) 4.9; 3 mm extra Gaussian blur gives 8.5 on pumi
     "fwhm_mm": (6.14, 7.5),
-    # ABIDE p99; a warning at most, since N4 corrected the field. Our N4 schedule estimates only
-    # part of a strong field (ds000011 sub-01: an in-brain range of 0.55 comes out as 0.23, of
-    # 1.20 as 0.26): the remainder widens the tissue distributions and shows in cjv
+    # ABIDE p99; a warning at most, since N4 corrected the field (clean ds000011: 0.17-0.30)
     "inu_range": (0.714, None),
     # field of view: fraction of the brain mask in the outer slab of a face. Clean: 0; 5 mm
     # of brain cut at the top: 0.007-0.008, 10 mm: 0.012-0.015
