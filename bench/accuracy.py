@@ -39,8 +39,7 @@ import pandas as pd
 from nilearn.image import resample_to_img
 
 from bids_app.bids import derivatives as d
-from bids_app.demo.build import GROUNDTRUTH, make_dataset, t1w_path, truth_paths
-from bids_app.demo.head import save_nifti
+from bids_app.demo.build import GROUNDTRUTH, make_dataset, truth_paths
 
 BASELINE = "99"
 SIDES = ("Precentral_L", "Precentral_R")
@@ -57,18 +56,7 @@ def build(root: Path, nprocs: int = 2) -> None:
     bids = root / "bids"
     if not bids.exists():
         make_dataset(bids, n_subjects=2, seed=0, resolution=1, cache=True, log=print)
-        patient = patient_label(bids)
-        arrays, _ = demo_truth.regenerate_subject(bids, patient, atrophy=False)
-        affine = nb.load(t1w_path(bids, patient)).affine
-        t1w_path(bids, BASELINE).parent.mkdir(parents=True)
-        save_nifti(arrays["T1w"], affine, t1w_path(bids, BASELINE))
-        (bids / "participants.tsv").write_text((bids / "participants.tsv").read_text()
-                                               + f"sub-{BASELINE}\tn/a\tn/a\tcontrol\n")
-        (root / "baseline_truth").mkdir(exist_ok=True)
-        save_nifti(arrays["brain"].astype(np.uint8), affine, root / "baseline_truth" / "brain.nii.gz")
-        save_nifti(arrays["dseg"].astype(np.uint8), affine, root / "baseline_truth" / "dseg.nii.gz")
-        save_nifti(arrays["GM"], affine, root / "baseline_truth" / "GM.nii.gz", slope=1 / 255)
-        save_nifti(arrays["precentral"].astype(np.uint8), affine, root / "baseline_truth" / "precentral.nii.gz")
+        demo_truth.add_baseline_subject(bids, patient_label(bids), BASELINE, root / "baseline_truth")
     t0 = time.perf_counter()
     code = main([str(bids), str(root / "out"), "participant", "-w", str(root / "work"), "--skip_bids_validator",
                  "--nprocs", str(nprocs), "--participant_label", patient_label(bids), BASELINE])

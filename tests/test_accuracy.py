@@ -21,8 +21,7 @@ from nilearn.image import resample_to_img
 from bids_app.bids import derivatives as d
 from bids_app.cli import main
 from bids_app.demo import truth as demo_truth
-from bids_app.demo.build import GROUNDTRUTH, make_dataset, t1w_path, truth_paths
-from bids_app.demo.head import save_nifti
+from bids_app.demo.build import GROUNDTRUTH, make_dataset, truth_paths
 
 pytestmark = pytest.mark.slow
 BASELINE = "99"  # label of the patient rendered without atrophy
@@ -46,17 +45,7 @@ def phantom_run(tmp_path_factory):
     summary = json.loads((bids / GROUNDTRUTH / "groundtruth.json").read_text())
     patient = next(s["participant_id"][4:] for s in summary["participants"] if s["group"] == "patient")
     control = next(s["participant_id"][4:] for s in summary["participants"] if s["group"] == "control")
-    # the patient without atrophy: everything else identical
-    arrays, _ = demo_truth.regenerate_subject(bids, patient, atrophy=False)
-    affine = nb.load(t1w_path(bids, patient)).affine
-    t1w_path(bids, BASELINE).parent.mkdir(parents=True)
-    save_nifti(arrays["T1w"], affine, t1w_path(bids, BASELINE))
-    (bids / "participants.tsv").write_text((bids / "participants.tsv").read_text()
-                                           + f"sub-{BASELINE}\tn/a\tn/a\tcontrol\n")
-    baseline_truth = root / "baseline_truth"
-    baseline_truth.mkdir()
-    save_nifti(arrays["brain"].astype(np.uint8), affine, baseline_truth / "brain.nii.gz")
-    save_nifti(arrays["dseg"].astype(np.uint8), affine, baseline_truth / "dseg.nii.gz")
+    baseline_truth = demo_truth.add_baseline_subject(bids, patient, BASELINE, root / "baseline_truth")
     out, work = root / "out", root / "work"
     code = main([str(bids), str(out), "participant", "-w", str(work), "--skip_bids_validator", "--nprocs", "2",
                  "--participant_label", patient, BASELINE])

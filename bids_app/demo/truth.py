@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from . import phantom
-from .build import GROUNDTRUTH, truth_paths
-from .head import HeadTruth
+from .build import GROUNDTRUTH, t1w_path, truth_paths
+from .head import HeadTruth, save_nifti
 
 
 def load_summary(bids_dir: Path) -> dict:
@@ -53,6 +53,25 @@ def regenerate_subject(bids_dir: Path, label: str, atrophy: bool | None = None, 
     if spec.atrophy and atrophy_map is None:
         atrophy_map, _ = phantom.atrophy_field(truth)
     return phantom.render_subject(spec, truth, subject_grid(bids_dir, truth), atrophy_map)
+
+
+def add_baseline_subject(bids_dir: Path, patient: str, label: str, truth_dir: Path) -> Path:
+    """Add ``sub-<label>``: patient ``patient`` rendered without atrophy, everything else
+    identical (a control for a measured atrophy), listed in participants.tsv; its truth maps
+    (brain, dseg, GM, precentral; raw grid) go to ``truth_dir``, which is returned."""
+    import nibabel as nb
+
+    arrays, _ = regenerate_subject(bids_dir, patient, atrophy=False)
+    affine = nb.load(t1w_path(bids_dir, patient)).affine
+    t1w_path(bids_dir, label).parent.mkdir(parents=True)
+    save_nifti(arrays["T1w"], affine, t1w_path(bids_dir, label))
+    table = bids_dir / "participants.tsv"
+    table.write_text(table.read_text() + f"sub-{label}\tn/a\tn/a\tcontrol\n")
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    for key in ("brain", "dseg", "precentral"):
+        save_nifti(arrays[key].astype(np.uint8), affine, truth_dir / f"{key}.nii.gz")
+    save_nifti(arrays["GM"], affine, truth_dir / "GM.nii.gz", slope=1 / 255)
+    return truth_dir
 
 
 def pullback_map(bids_dir: Path, label: str, truth: HeadTruth | None = None,

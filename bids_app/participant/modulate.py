@@ -121,11 +121,23 @@ def modulate(prob_native: nb.Nifti1Image, reg: TemplateRegistration, reference: 
     voxel_volume(prob_native)`` up to interpolation error. ``supersample`` (sub-voxels
     per axis) defaults to :func:`supersampling_factor` (2 for a 1 mm scan and a 2 mm grid).
     """
-    k = supersampling_factor(prob_native, reference) if supersample is None else int(supersample)
+    return modulate_maps({"map": prob_native}, reg, reference, supersample)["map"]
+
+
+def modulate_maps(prob_natives: dict[str, nb.Nifti1Image], reg: TemplateRegistration,
+                  reference: nb.Nifti1Image, supersample: int | None = None) -> dict[str, nb.Nifti1Image]:
+    """:func:`modulate` of several maps on one native grid, composing the transform and its
+    Jacobian determinant once (the costly part: ~2 s per map at 1 mm on a 2 mm grid)."""
+    if not prob_natives:
+        return {}
+    first = next(iter(prob_natives.values()))
+    k = supersampling_factor(first, reference) if supersample is None else int(supersample)
     fine = supersampled_grid(reference, k) if k > 1 else reference
-    warped = to_template(prob_native, reg, fine, interpolation="linear").get_fdata(dtype=np.float32)
     field, grid = composed_displacement(reg.to_template, fine)
     jd = determinant_of_map(field, grid)
     del field
-    modulated = block_mean(warped * jd, k)
-    return nb.Nifti1Image(modulated.astype(np.float32), reference.affine)
+    out = {}
+    for key, prob_native in prob_natives.items():
+        warped = to_template(prob_native, reg, fine, interpolation="linear").get_fdata(dtype=np.float32)
+        out[key] = nb.Nifti1Image(block_mean(warped * jd, k).astype(np.float32), reference.affine)
+    return out

@@ -148,7 +148,7 @@ def template_space_node(preproc, brain_mask, probseg, to_template, to_native, re
     import nibabel as nb
     import numpy as np
 
-    from bids_app.participant.modulate import modulate
+    from bids_app.participant.modulate import modulate_maps
     from bids_app.participant.register import TemplateRegistration, to_template as warp
 
     reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float("nan"))
@@ -163,11 +163,11 @@ def template_space_node(preproc, brain_mask, probseg, to_template, to_native, re
     save("preproc_t1w", warp(nb.load(preproc), reg, ref, "linear"))
     mask = warp(nb.load(brain_mask), reg, ref, "linear")
     save("brain_mask", nb.Nifti1Image((mask.get_fdata() > 0.5).astype(np.uint8), mask.affine), np.uint8)
-    for label, path in zip(("GM", "WM", "CSF"), probseg):
-        native = nb.load(path)
+    natives = {label: nb.load(path) for label, path in zip(("GM", "WM", "CSF"), probseg)}
+    for label, native in natives.items():
         save(f"probseg_{label}", warp(native, reg, ref, "linear"))
-        if label in ("GM", "WM"):
-            save(f"modulated_{label}", modulate(native, reg, ref))
+    for label, img in modulate_maps({k: natives[k] for k in ("GM", "WM")}, reg, ref).items():
+        save(f"modulated_{label}", img)
     return out
 
 
