@@ -61,6 +61,7 @@ def test_untouched_scan_passes_but_for_its_2mm_voxels(scan):
 
 
 @pytest.mark.parametrize("name,level,check,verdict", [
+    ("noise", 0.10, "noise", "fail"),  # pumi: snr_wm 19.0 clean, 9.1 at 10 % noise
     ("noise", 0.15, "tissue_contrast", "fail"),  # pumi: cjv 0.32 clean, 0.65 at 0.10, 0.90 at 0.15
     ("blur", 5.0, "blurring", "fail"),
     ("ghosting", 0.10, "ghosting", "fail"),
@@ -186,6 +187,7 @@ def test_thresholds_are_the_stated_abide_percentiles():
     q = lambda key, p: float(table[key].quantile(p))  # noqa: E731
     expected = {
         "cjv": (q("cjv", 0.99), q("cjv", 0.995)), "cnr": (q("cnr", 0.05), q("cnr", 0.01)),
+        "snr_wm": (q("snr_wm", 0.05), q("snr_wm", 0.01)),
         "efc": (q("efc", 0.99), q("efc", 0.995)), "qi_1": (q("qi_1", 0.99), q("qi_1", 0.995)),
         "icvs_csf": (q("icvs_csf", 0.005), q("icvs_csf", 0.995)), "icvs_gm": (q("icvs_gm", 0.005), q("icvs_gm", 0.995)),
         "icvs_wm": (q("icvs_wm", 0.005), q("icvs_wm", 0.995)),
@@ -198,6 +200,8 @@ def test_thresholds_are_the_stated_abide_percentiles():
     raters = table[["rater_1", "rater_2", "rater_3"]]
     excluded = (raters == -1).sum(axis=1) >= 2
     assert excluded[table["cnr"] < THRESHOLDS["cnr"][0]].mean() > 2 * excluded.mean()
+    # below the snr_wm warning threshold, 89 % were excluded (13.5 % overall)
+    assert excluded[table["snr_wm"] < THRESHOLDS["snr_wm"][0]].mean() > 0.8
 
 
 def test_template_coverage_and_fov_inputs(scan, tmp_path):

@@ -5,7 +5,7 @@ facts, brain-extraction, registration and segmentation figures, field-of-view me
 :func:`fov_metrics`) into a verdict. Four groups of checks:
 
 - **artifacts** (motion, ghosting, noise, blurring, non-uniformity): ``gsr``, ``qi_1``, ``efc``,
-  ``cjv``, ``cnr``, the FWHM in mm and ``inu_range``;
+  ``cjv``, ``cnr``, ``snr_wm``, the FWHM in mm and ``inu_range``;
 - **field of view**: brain-mask voxels in the outer slab of each face (top of the brain cut),
   coverage of the template brain after normalization (cerebellum cut);
 - **acquisition / header**: voxel size, anisotropy, slice count and extent, orientation;
@@ -20,7 +20,10 @@ tails of cjv, efc and qi_1 are mostly site effects, not rated quality: CALTECH's
 0.69 (above the 95th percentile) with no scan excluded, and the ABIDE scans that at least two
 of three raters excluded (13.5 %) are not over-represented above the 95th percentile of cjv,
 efc or qi_1. They are over-represented in the low tail of cnr (34 % below its 5th percentile),
-which therefore warns already there. Metrics ABIDE does not hold (ghost ratio, FWHM in mm,
+which therefore warns already there, and even more in the low tail of snr_wm: 89 % of the
+scans below its 5th percentile (55 scans, 7 sites) and all 11 below its 1st were excluded, so
+it warns at the 5th and fails at the 1st. The SNR thresholds assume ABIDE's ~1 mm voxels: the
+SNR of a voxel scales with its volume, so sub-millimetre scans score lower. Metrics ABIDE does not hold (ghost ratio, FWHM in mm,
 field of view, processing figures) are set from clean real scans (ds000011, pumi-minitest)
 and the controlled degradations of ``bench/qc.py``; each constant's comment gives the figures.
 """
@@ -39,6 +42,7 @@ from bids_app.qc.masks import looks_defaced, voxel_sizes
 # ABIDE percentiles (n = 1101) of the metrics used below, computed with pandas' quantile:
 #   cjv        p95 0.611  p99 0.764  p99.5 0.832
 #   cnr        p0.5 0.453 p1 0.560   p5 1.307
+#   snr_wm     p1 9.899   p5 11.829  (pure, eroded WM; clean ds000011 12.4-19.0, pumi 19.0)
 #   efc        p95 0.865  p99 0.887  p99.5 0.894
 #   qi_1       p95 0.0027 p99 0.0257 p99.5 0.0521
 #   fwhm_avg   p95 5.84   p99 6.14   p99.5 6.31   (spacing ~1 mm: voxels ~ mm)
@@ -50,6 +54,8 @@ THRESHOLDS: dict[str, tuple[float, float | None]] = {
     # artifacts
     "cjv": (0.764, 0.832),  # ABIDE p99, p99.5; clean ds000011 0.30-0.40, pumi 0.32
     "cnr": (1.307, 0.560),  # below ABIDE p5, p1 (its low tail is long: warn already at p5)
+    # below ABIDE p5, p1; pumi with Rician noise of 4 / 7 / 10 / 15 % of WM: 15.4 / 11.7 / 9.1 / 6.6
+    "snr_wm": (11.829, 9.899),
     "efc": (0.887, 0.894),  # ABIDE p99, p99.5 (depends on the field of view: large FOVs score higher)
     "qi_1": (0.0257, 0.0521),  # ABIDE p99, p99.5; clean ds000011/pumi 0.0015-0.0022
     # ghost-to-signal ratio: clean ds000011 (14) and pumi 0.006-0.024; an added N/2 ghost of
@@ -286,6 +292,7 @@ def artifact_checks(iqms: dict, ctx: QCContext, out: _Flags, t=THRESHOLDS) -> No
         out.notes.append("Input was already brain-extracted: background metrics (" + ", ".join(BACKGROUND_IQMS)
                          + ") are not meaningful and were not checked.")
     out.high("tissue_contrast", _get(iqms, "cjv"), t["cjv"], "The coefficient of joint variation of GM and WM (cjv)")
+    out.low("noise", _get(iqms, "snr_wm"), t["snr_wm"], "The white-matter signal-to-noise ratio (snr_wm)", ".2f")
     out.high("blurring", fwhm_mm(iqms), t["fwhm_mm"], "The image smoothness (mean FWHM, mm)", ".2f")
     out.high("intensity_nonuniformity", _get(iqms, "inu_range"), t["inu_range"],
              "The bias-field range (inu_range; N4 corrected it, check the segmentation)")
