@@ -133,6 +133,16 @@ def _on_grid(img: nb.Nifti1Image, reference: nb.Nifti1Image, path, what: str) ->
 # ------------------------------------------------------------------------------ metrics
 
 
+def erode18(mask: np.ndarray) -> np.ndarray:
+    """One binary erosion by the 18-connected 3x3x3 element, computed in the mask's bounding box."""
+    eroded = np.zeros_like(mask, dtype=bool)
+    if not mask.any():
+        return eroded
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    eroded[box] = ndimage.binary_erosion(mask[box], structure=ndimage.generate_binary_structure(3, 2))
+    return eroded
+
+
 def harmonize(corrected: np.ndarray, wm: np.ndarray) -> np.ndarray:
     """INU-corrected data scaled to a WM median of :data:`HARMONIZED_WM`, negatives set to 0
     (MRIQC's ``Harmonize``: WM fraction > 0.9, eroded with an 18-connected element)."""
@@ -140,9 +150,8 @@ def harmonize(corrected: np.ndarray, wm: np.ndarray) -> np.ndarray:
     if not core.any():
         raise InputDataError("The white-matter map has no voxel above 0.9: the tissue segmentation failed.",
                              "Check the brain mask and the segmentation of this participant.")
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(core))
-    eroded = ndimage.binary_erosion(core[box], structure=ndimage.generate_binary_structure(3, 2))
-    values = corrected[box][eroded] if eroded.sum() >= 10 else corrected[core]
+    eroded = erode18(core)
+    values = corrected[eroded] if eroded.sum() >= 10 else corrected[core]
     out = corrected * np.float32(HARMONIZED_WM / float(np.median(values)))
     out[out < 0] = 0
     return out
@@ -201,11 +210,9 @@ def tissue_mask(fraction: np.ndarray, erode: bool = True) -> np.ndarray:
     once by the 18-connected 3x3x3 element. The erosion is skipped when it would leave fewer
     than :data:`MIN_TISSUE_VOXELS` (thin classes on coarse grids)."""
     mask = fraction > PURE_TISSUE
-    if not erode or not mask.any():
+    if not erode:
         return mask
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
-    eroded = np.zeros_like(mask)
-    eroded[box] = ndimage.binary_erosion(mask[box], structure=ndimage.generate_binary_structure(3, 2))
+    eroded = erode18(mask)
     return eroded if eroded.sum() >= MIN_TISSUE_VOXELS else mask
 
 
