@@ -37,7 +37,8 @@ import psutil
 from bids_app.participant.bias import head_mask, n4
 from bids_app.participant.conform import conform
 from bids_app.participant.morphometry import tissue_volumes
-from bids_app.participant.segment import TISSUES, atropos_segment, bounding_box, segment
+from bids_app.arrays import bounding_box
+from bids_app.participant.segment import TISSUES, atropos_segment, segment
 from bids_app.resources import get_template
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -207,7 +208,7 @@ def bench_phantom(args) -> None:
 
 def print_phantom_row(row: dict, mask: nb.Nifti1Image) -> None:
     m = np.asanyarray(mask.dataobj) > 0
-    box = bounding_box(m)
+    box = bounding_box(m, 2)
     print(f"sub-{row['subject']}: {int(m.sum())} brain voxels, box {tuple(s.stop - s.start for s in box)}; "
           f"{load_note()}")
     for name, title in (("em", "EM (segment)"), ("ref", "Atropos ref")):

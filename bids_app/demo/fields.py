@@ -35,6 +35,8 @@ import numpy as np
 from numpy.polynomial import legendre
 from scipy import fft, ndimage
 
+from bids_app.arrays import bounding_box
+
 __all__ = [
     "add_rician_noise",
     "apply_bias",
@@ -331,7 +333,7 @@ def shrink_region(
     density = np.asarray(density, dtype=np.float32)
     support = density if support is None else np.asarray(support, dtype=np.float32)
     sink = np.asarray(sink, dtype=np.float32)
-    box = _bounding_box((support > 0) | (sink > 0), margin)
+    box = bounding_box((support > 0) | (sink > 0), margin)
     dens_b, supp_b, sink_b = density[box], support[box], sink[box]
     balance = float(supp_b.sum()) / max(float(sink_b.sum()), 1e-6)
     base_velocity = poisson_velocity(supp_b - np.float32(balance) * sink_b) * _taper_window(dens_b.shape, taper)
@@ -389,17 +391,6 @@ def warped_volume(density: np.ndarray, points: list[np.ndarray], displacement: n
             p = p + np.stack([sample(displacement[c], p) for c in range(3)])
         total += float(sample(density, p, mode="constant").sum(dtype=np.float64))
     return total
-
-
-def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    """Slices of the smallest box holding ``mask``, grown by ``margin`` (clipped)."""
-    idx = np.nonzero(mask)
-    if not idx[0].size:
-        raise ValueError("empty region: nothing to shrink")
-    return tuple(
-        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
-        for i, n in zip(idx, mask.shape, strict=True)
-    )
 
 
 def _taper_window(shape, width: int) -> np.ndarray:

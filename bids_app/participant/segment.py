@@ -58,6 +58,8 @@ import nibabel as nb
 import numpy as np
 from scipy import ndimage
 
+from bids_app.arrays import bounding_box
+
 #: Class order of the outputs and of the hard labels (dseg values 1, 2, 3).
 TISSUES = ("GM", "WM", "CSF")
 
@@ -90,15 +92,6 @@ DEFAULT_SETTINGS = EMSettings()
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def bounding_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
-    """Slices of the smallest box holding ``mask``, grown by ``margin`` voxels (clipped)."""
-    if not mask.any():
-        raise ValueError("The brain mask is empty: nothing to segment.")
-    idx = np.nonzero(mask)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
-                 for i, n in zip(idx, mask.shape))
 
 
 def _check_inputs(t1w: nb.Nifti1Image, brain_mask: nb.Nifti1Image, priors: dict) -> None:
@@ -390,7 +383,9 @@ def segment(t1w: nb.Nifti1Image, brain_mask: nb.Nifti1Image, priors: dict[str, n
     """
     _check_inputs(t1w, brain_mask, priors)
     full_mask = np.asanyarray(brain_mask.dataobj) > 0
-    sl = bounding_box(full_mask)
+    if not full_mask.any():
+        raise ValueError("The brain mask is empty: nothing to segment.")
+    sl = bounding_box(full_mask, margin=2)
     mask = full_mask[sl]
     data = np.asanyarray(t1w.dataobj)[sl].astype(np.float32)
     prior_box = np.stack([np.asanyarray(priors[t].dataobj)[sl].astype(np.float32) for t in TISSUES])

@@ -17,18 +17,13 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 
+from bids_app.arrays import bounding_box
 from bids_app.participant.antsio import from_ants, to_ants
 
 PARAMETERS = {"iterations": 45, "gradient_step": 0.025, "smoothing": 1.5}
 METHOD = ("DiReCT cortical thickness (antspyx kelly_kapowski; Das et al., 2009), 45 iterations, gradient step "
           "0.025, smoothing 1.5, on the native-space tissue labels and GM/WM probabilities")
 MARGIN_VOX = 4
-
-
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    idx = np.nonzero(mask)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
-                 for i, n in zip(idx, mask.shape))
 
 
 def cortical_thickness(dseg: nb.Nifti1Image, gm: nb.Nifti1Image, wm: nb.Nifti1Image, nthreads: int = 1,
@@ -46,7 +41,7 @@ def cortical_thickness(dseg: nb.Nifti1Image, gm: nb.Nifti1Image, wm: nb.Nifti1Im
     labels = np.rint(np.asanyarray(dseg.dataobj)).astype(np.int16)
     if not (labels == 1).any() or not (labels == 2).any():
         raise ValueError("cortical thickness needs both grey and white matter in the segmentation")
-    box = _box(labels > 0, MARGIN_VOX)
+    box = bounding_box(labels > 0, MARGIN_VOX)
 
     def crop(img, data):
         cropped = img.slicer[box]

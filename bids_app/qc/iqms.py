@@ -45,6 +45,7 @@ import nibabel as nb
 import numpy as np
 from scipy import ndimage
 
+from bids_app.arrays import bounding_box
 from bids_app.errors import InputDataError
 from bids_app.qc.masks import BackgroundMasks, background_masks, box_dilate, voxel_sizes
 
@@ -138,7 +139,7 @@ def erode18(mask: np.ndarray) -> np.ndarray:
     eroded = np.zeros_like(mask, dtype=bool)
     if not mask.any():
         return eroded
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    box = bounding_box(mask, 1)
     eroded[box] = ndimage.binary_erosion(mask[box], structure=ndimage.generate_binary_structure(3, 2))
     return eroded
 
