@@ -60,7 +60,7 @@ def write_participant_outputs(output_dir: str, bids_dir: str, subject: str, sess
     pre_uri = [d.bids_uri(preproc, Path(output_dir), "morphobids")]
     native("biasfield", work["biasfield"], raw, Description="N4 multiplicative bias field (input / field).")
     native("head_mask", work["head_mask"], raw, np.uint8, Description="Head (foreground) mask used for N4.")
-    native("brain_mask", work["brain_mask"], pre_uri, np.uint8, Type="Brain", Method=work["skullstrip_method"])
+    native("brain_mask", work["brain_mask"], raw, np.uint8, Type="Brain", Method=work["skullstrip_method"])
     native("dseg", work["dseg"], pre_uri, np.uint8, Method=params["segmentation"])
     for label, src in zip(TISSUE_LABELS, work["probseg"]):
         native("probseg", src, pre_uri, label=label, Method=params["segmentation"])

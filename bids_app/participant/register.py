@@ -10,7 +10,7 @@ cross-correlation, the metric that ranked SyN first for T1w-to-T1w in Klein et a
 Speed (see ``bench/registration.py``): both images are first brought,
 anti-aliased, to a 2 mm working grid; the template's domain is cropped to its
 brain plus a margin; the linear stages run at 8 and 4 mm and SyN at 8 and 4 mm,
-its field kept on the 2 mm grid. On a quiet 2-core machine this takes ~17 s for a
+its field kept on the 2 mm grid. On a quiet 2-core machine this takes ~11 s for a
 1 mm head, against ~60 s for ``ants.registration(fixed, moving, "SyN")`` at 1 mm,
 with better accuracy on a phantom with known deformation. The transforms are
 written as ITK composite HDF5 files (affine + displacement field), which apply
@@ -57,7 +57,10 @@ class Schedule:
     last level has no iterations: its field is only carried onto the 2 mm grid (CC
     at 2 mm costs ~7x the 4 mm level per iteration for a 0.01 gain in atlas Dice).
     A gradient step of 0.2 with 60/20 iterations matched 0.1 with 100/50 on the
-    phantom and gave a higher similarity on real heads, in half the time.
+    phantom and gave a higher similarity on real heads, in half the time. A CC radius of 1
+    rather than 2 (a 3^3 rather than 5^3 window) took 11-12 s rather than 18 s, with AAL3
+    Dice 0.941 vs 0.938 and TRE 0.50 vs 0.56 mm on the 1 mm phantom, and similarity
+    0.82-0.85 vs 0.80-0.84 on three ds000011 heads.
     """
 
     working_mm: float = 2.0
@@ -70,7 +73,7 @@ class Schedule:
     affine_shrink: tuple[int, ...] = (4, 2)
     affine_sigmas: tuple[float, ...] = (2, 1)
     syn_metric: str = "CC"  # "CC" (radius ``syn_radius``) or "MI" (32 bins)
-    syn_radius: int = 2
+    syn_radius: int = 1  # CC window 3^3 working voxels (12 mm at the 4 mm level); see below
     syn_iterations: tuple[int, ...] = (60, 20, 0)
     syn_shrink: tuple[int, ...] = (4, 2, 1)
     syn_sigmas: tuple[float, ...] = (2, 1, 0)
@@ -272,3 +275,80 @@ def to_native(img: nb.Nifti1Image | Path, reg: TemplateRegistration, reference: 
               interpolation: str = "linear") -> nb.Nifti1Image:
     """Template-space ``img`` (e.g. an atlas: ``interpolation="genericLabel"``) onto the T1w grid."""
     return _apply(img, reference, reg.to_native, interpolation)
+
+
+# ----------------------------------------------------------------- label images, fast
+
+
+def native_coordinates(reg: TemplateRegistration, reference: nb.Nifti1Image, grid: nb.Nifti1Image) -> np.ndarray:
+    """For each voxel of ``reference`` (T1w grid): its continuous voxel index on ``grid`` (template).
+
+    Three linear resamplings of ``grid``'s index images through ``to_native``; a linear
+    interpolator reproduces a linear function exactly, so these are the transform's own
+    sampling points. Voxels that map outside ``grid`` get -1. Shape (3, *reference.shape).
+    """
+    index = np.indices(grid.shape[:3], dtype=np.float32) + 1.0  # 0 is what ANTs gives outside
+    coords = [np.asanyarray(to_native(nb.Nifti1Image(index[axis], grid.affine), reg, reference).dataobj)
+              for axis in range(3)]
+    return np.stack(coords).astype(np.float32) - 1.0
+
+
+def label_vote(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Resample an integer label image at continuous voxel ``coords`` by trilinear label voting.
+
+    Each of the 8 neighbours of a point votes for its label with its trilinear weight;
+    the label with the most weight wins (ties: the neighbour visited first). This is
+    ITK's ``LabelImageGenericInterpolateImageFunction`` (antsApplyTransforms
+    ``genericLabel``: per-label linear interpolation, then the maximum), computed in one
+    pass over the neighbours instead of once per label: 5-10x faster for atlases with
+    100+ labels. Points outside the image (any coordinate < -0.5 or > size - 0.5) get 0.
+    """
+    shape = np.asarray(labels.shape)
+    out = np.zeros(coords.shape[1:], dtype=labels.dtype)
+    inside = np.all((coords >= -0.5) & (coords <= (shape - 0.5)[:, None, None, None]), axis=0)
+    nonzero = np.argwhere(labels != 0)
+    if nonzero.size == 0:
+        return out
+    lo, hi = nonzero.min(axis=0) - 1, nonzero.max(axis=0) + 1
+    inside &= np.all((coords >= lo[:, None, None, None]) & (coords <= hi[:, None, None, None]), axis=0)
+    points = coords[:, inside]
+    base = np.floor(points).astype(np.int64)
+    frac = points - base
+    corner_labels, corner_weights = [], []
+    for offset in np.ndindex(2, 2, 2):
+        index = tuple(np.clip(base[d] + offset[d], 0, shape[d] - 1) for d in range(3))
+        corner_labels.append(labels[index])
+        weight = np.ones(points.shape[1], dtype=np.float32)
+        for d in range(3):
+            weight *= frac[d] if offset[d] else 1.0 - frac[d]
+        corner_weights.append(weight)
+    corner_labels, corner_weights = np.stack(corner_labels), np.stack(corner_weights)
+    result = corner_labels[0].copy()
+    mixed = np.flatnonzero((corner_labels != corner_labels[0]).any(axis=0))  # most points: one label
+    cl, cw = corner_labels[:, mixed], corner_weights[:, mixed]
+    score = np.stack([(cw * (cl == cl[a])).sum(axis=0) for a in range(8)])
+    result[mixed] = cl[np.argmax(score, axis=0), np.arange(mixed.size)]
+    out[inside] = result
+    return out
+
+
+def labels_to_native(label_imgs: list[nb.Nifti1Image | Path | str], reg: TemplateRegistration,
+                     reference: nb.Nifti1Image) -> list[nb.Nifti1Image]:
+    """Template-space label images (atlases) on the T1w grid, ``genericLabel`` interpolation.
+
+    The sampling points are computed once per template grid and shared by all images
+    (:func:`native_coordinates`), then each image is resampled by :func:`label_vote`.
+    """
+    grids: dict = {}
+    out = []
+    for item in label_imgs:
+        img = _as_nifti(item)
+        key = (img.shape[:3], np.round(img.affine, 4).tobytes())
+        if key not in grids:
+            grids[key] = native_coordinates(reg, reference, img)
+        data = np.rint(np.asanyarray(img.dataobj)).astype(np.int32)
+        dtype = img.get_data_dtype() if img.get_data_dtype().kind in "iu" else np.dtype(np.int32)
+        result = nb.Nifti1Image(label_vote(data, grids[key]).astype(dtype), reference.affine)
+        result.set_data_dtype(dtype)
+        out.append(result)
+    return out

@@ -2,11 +2,12 @@
 
 ::
 
-    conform -> detect_prestripped -> bias (N4) -> skullstrip -> register (rigid/affine/SyN)
-                                                       |             |-> priors -> segment -> morphometry
-                                                       |             |-> atlases ------------^
-                                                       |             '-> template_space (+ modulation)
-                                                       '---------------------------------------> sink
+    conform -> detect_prestripped -> bias (N4) ----+-> register (rigid/affine/SyN)
+                                  '-> skullstrip --'      |-> priors -> segment -> morphometry
+                                                          |-> atlases ------------^
+                                                          '-> template_space (+ modulation)
+
+N4 and brain extraction both start from the conformed T1w and run side by side.
 
 Every node runs in its own folder under ``<work_dir>/morphobids_wf``; nipype reuses
 a node's result when its inputs are unchanged, so a rerun after a crash resumes.
@@ -34,7 +35,7 @@ from bids_app.participant.segment import METHOD as SEGMENTATION_METHOD
 LOG = logging.getLogger("morphobids")
 SEED = 1
 METHODS = {
-    "bias": "N4 (antspyx n4_bias_field_correction) in a head mask, 3 levels 40/30/20 iterations, ~4 mm working grid",
+    "bias": "N4 (antspyx n4_bias_field_correction) in a head mask, 4 levels 40/30/20/10 iterations, ~4 mm working grid",
     "segmentation": SEGMENTATION_METHOD,
     "registration": "antspyx rigid -> affine -> SyN to the template brain",
 }
@@ -85,14 +86,13 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     detect = _fn(nodes.detect_prestripped_node, ["in_file", "mode"], ["prestripped"], "detect_prestripped", 0.5)
     detect.inputs.mode = settings.skull_strip
     bias = _fn(nodes.bias_node, ["in_file", "prestripped"], ["corrected", "biasfield", "head_mask"], "bias", 1.0)
-    strip = _fn(nodes.skullstrip_node, ["in_file", "prestripped", "mode", "template_t1w", "template_mask", "nthreads",
-                                        "head_mask"],
-                ["brain_mask", "brain", "method"], "skullstrip", 1.5, threads)
+    strip = _fn(nodes.skullstrip_node, ["in_file", "prestripped", "mode", "template_t1w", "template_mask", "nthreads"],
+                ["brain_mask", "method"], "skullstrip", 1.5)
     strip.inputs.mode = settings.skull_strip
     strip.inputs.template_t1w = str(resources["T1w-res1"])
     strip.inputs.template_mask = str(resources["mask-res1"])
     strip.inputs.nthreads = threads
-    register = _fn(nodes.register_node, ["brain", "template_brain", "nthreads", "seed"],
+    register = _fn(nodes.register_node, ["in_file", "brain_mask", "template_brain", "nthreads", "seed"],
                    ["to_template", "to_native", "similarity"], "register", 2.0, threads)
     register.inputs.template_brain = str(resources["brain-res1"])
     register.inputs.nthreads = threads
@@ -101,7 +101,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
                       "priors", 1.0)
     warp_priors.inputs.template_priors = priors
     segment = _fn(nodes.segment_node, ["in_file", "brain_mask", "priors", "nthreads"], ["probseg", "dseg"],
-                  "segment", 2.0, threads)
+                  "segment", 2.0)  # one slot: the EM is single-threaded
     segment.inputs.nthreads = threads
     std = _fn(nodes.template_space_node, ["preproc", "brain_mask", "probseg", "to_template", "to_native",
                                           "reference"], ["std"], "template_space", 1.5)
@@ -158,9 +158,10 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (conform, detect, [("out_file", "in_file")]),
         (conform, bias, [("out_file", "in_file")]),
         (detect, bias, [("prestripped", "prestripped")]),
-        (bias, strip, [("corrected", "in_file"), ("head_mask", "head_mask")]),
+        (conform, strip, [("out_file", "in_file")]),
         (detect, strip, [("prestripped", "prestripped")]),
-        (strip, register, [("brain", "brain")]),
+        (bias, register, [("corrected", "in_file")]),
+        (strip, register, [("brain_mask", "brain_mask")]),
         (bias, warp_priors, [("corrected", "reference")]),
         (register, warp_priors, [("to_template", "to_template"), ("to_native", "to_native")]),
         (bias, segment, [("corrected", "in_file")]),
