@@ -73,7 +73,7 @@ def test_brain_and_tissue_dice(phantom_run, which):
     scores = _scores(phantom_run, label)
     print(f"sub-{label}: " + ", ".join(f"{k} Dice {v:.3f}" for k, v in scores.items()))
     # Targets: brain >= 0.97, GM >= 0.85, WM >= 0.90. Measured on sub-02 (seed 0): brain 0.968,
-    # GM 0.880, WM 0.917. Brain 0.968: deepbet keeps 1-3 mm of vertex CSF that the phantom's ROBEX
+    # GM 0.884, WM 0.922. Brain 0.968: deepbet keeps 1-3 mm of vertex CSF that the phantom's ROBEX
     # mask leaves out, and leaves out posterior-fossa tissue it includes (bench/accuracy.py).
     assert scores["brain"] >= 0.96, scores
     assert scores["GM"] >= 0.85, scores
@@ -88,12 +88,12 @@ def test_precentral_atrophy_is_recovered(phantom_run):
     patient, baseline = precentral_gm(phantom_run["patient"]), precentral_gm(BASELINE)
     loss = 1 - patient / baseline
     print("precentral GM loss measured: " + ", ".join(f"{k} {v:.1%}" for k, v in loss.items()))
-    # The truth (groundtruth.json, realised_fraction) is 9-10.5 % per gyrus; the target is 7-13 %.
-    # Measured 6.9 % L / 7.0 % R (seed 0). The atlas-ROI measure tops out near 5.5 %: the true GM
-    # maps in the same native AAL3 ROIs give 5.8 / 5.4 % (the contraction moves the gyrus boundary;
-    # ~12 % of an ROI's GM is not precentral), while our GM in the true labels gives 11.2 / 11.3 %
-    # (bench/accuracy.py). This bound guards against losing the effect.
-    assert ((loss > 0.05) & (loss < 0.13)).all(), loss
+    # The truth (groundtruth.json, realised_fraction) is 9.9 % L / 10.1 % R; the target is 7-13 %.
+    # Measured 7.5 % L / 7.6 % R (seed 0). The atlas-ROI measure itself reads low: the true GM maps
+    # in the same native AAL3 ROIs give 6.5 / 6.1 % (the contraction moves the gyrus boundary;
+    # ~12 % of an ROI's GM is not precentral), while our GM in the true labels gives 11.1 / 11.4 %
+    # (bench/accuracy.py).
+    assert ((loss >= 0.07) & (loss <= 0.13)).all(), loss
     # and elsewhere the two are the same brain: total GM within 2 %
     tissue = {lab: pd.read_csv(d.Outputs(phantom_run["out"], lab).path("tissue_morph"), sep="\t").iloc[0]
               for lab in (phantom_run["patient"], BASELINE)}

@@ -7,7 +7,9 @@
                                                           |-> atlases ------------^
                                                           '-> template_space (+ modulation)
 
-N4 and brain extraction both start from the conformed T1w and run side by side.
+N4 and brain extraction both start from the conformed T1w and run side by side. The
+report's processing figures are drawn (``figures``) while QC runs; ``report`` adds the QC
+figures and writes the page once the sink has written the derivatives.
 
 Every node runs in its own folder under ``<work_dir>/morphobids_wf``; nipype reuses
 a node's result when its inputs are unchanged, so a rerun after a crash resumes.
@@ -61,12 +63,34 @@ def sink_node(output_dir, bids_dir, subject, session, source_t1w, params, prestr
     return write_participant_outputs(output_dir, bids_dir, subject, session, source_t1w, work, params)
 
 
-def report_node(written, output_dir, subject, session, template, res_label, template_mask, methods, source):
-    """The participant's HTML report, from the derivatives the sink wrote."""
+def figures_node(preproc, brain_mask, dseg, std, template_mask, biasfield):
+    """The report's processing figures (SVG text in a JSON file), drawn from the work files
+    while QC runs; the report node adds the QC figures and writes the page."""
+    import json
+    import os
+
+    from bids_app.reports.participant import processing_figures
+
+    svgs = processing_figures(preproc, brain_mask, dseg, std["preproc_t1w"], template_mask, biasfield)
+    path = os.path.abspath("figures.json")
+    with open(path, "w") as fh:
+        json.dump(svgs, fh)
+    return path
+
+
+def report_node(written, output_dir, subject, session, template, res_label, template_mask, methods, source,
+                figures=None):
+    """The participant's HTML report, from the derivatives the sink wrote (and the drawn figures)."""
+    import json
+
     from bids_app.reports.participant import write_participant_report
 
+    svgs = None
+    if figures:
+        with open(figures) as fh:
+            svgs = json.load(fh)
     return write_participant_report(output_dir, subject, session, template, res_label, template_mask, methods,
-                                    source)
+                                    source, svgs=svgs)
 
 
 def session_wf_name(inputs: SessionInputs) -> str:
@@ -141,8 +165,11 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
                     (thickness, morph, [("thickness", "thickness")]),
                     (thickness, sink, [("thickness", "thickness")])])
 
+    figures = _fn(figures_node, ["preproc", "brain_mask", "dseg", "std", "template_mask", "biasfield"],
+                  ["figures"], "figures", 1.0)
+    figures.inputs.template_mask = str(resources[f"mask-res{res}"])
     report = _fn(report_node, ["written", "output_dir", "subject", "session", "template", "res_label",
-                               "template_mask", "methods", "source"], ["report"], "report", 1.0)
+                               "template_mask", "methods", "source", "figures"], ["report"], "report", 1.0)
     report.overwrite = True
     report.inputs.output_dir = str(settings.output_dir)
     report.inputs.subject = inputs.subject
@@ -155,6 +182,11 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
 
     wf.connect([
         (sink, report, [("written", "written")]),
+        (bias, figures, [("corrected", "preproc"), ("biasfield", "biasfield")]),
+        (strip, figures, [("brain_mask", "brain_mask")]),
+        (segment, figures, [("dseg", "dseg")]),
+        (std, figures, [("std", "std")]),
+        (figures, report, [("figures", "figures")]),
         (conform, detect, [("out_file", "in_file")]),
         (conform, bias, [("out_file", "in_file")]),
         (detect, bias, [("prestripped", "prestripped")]),

@@ -150,17 +150,31 @@ def quality_section(out: d.Outputs, qc_masks: Mapping[str, str | Path] | None = 
     return section
 
 
+def processing_figures(t1w, brain_mask, dseg, std_t1w, template_mask, biasfield) -> dict[str, str]:
+    """The report's processing figures as SVG text: segmentation mosaic, normalization
+    check and bias field (keys ``seg_svg``, ``norm_svg``, ``bias_svg``)."""
+    return {"seg_svg": figures.segmentation_mosaic(t1w, brain_mask, dseg),
+            "norm_svg": figures.normalization_check(std_t1w, template_mask),
+            "bias_svg": figures.bias_field(biasfield, brain_mask)}
+
+
 def write_participant_report(output_dir: str, subject: str, session: str | None, template: str, res_label: str,
                              template_mask: str, methods: dict, source: str, warnings: list[str] | None = None,
                              *, qc_masks: Mapping[str, str | Path] | None = None,
-                             draw_background: bool = True) -> str:
+                             draw_background: bool = True, svgs: Mapping[str, str] | None = None) -> str:
     """Build figures from the written derivatives and write ``sub-<label>[_ses-<label>].html``.
 
     ``qc_masks``: precomputed ``{"air": path, "artifacts": path}`` masks on the T1w grid for the
     background figure (computed from the derivatives when not given); ``draw_background=False``
-    leaves that figure out.
+    leaves that figure out. ``svgs``: figures already drawn by :func:`processing_figures`
+    (the workflow draws them while other steps run); the rest are drawn here.
     """
     out = d.Outputs(Path(output_dir), subject, session)
+    svgs = dict(svgs or {})
+    if not {"seg_svg", "norm_svg", "bias_svg"} <= set(svgs):
+        svgs = processing_figures(out.path("preproc_t1w"), out.path("brain_mask"), out.path("dseg"),
+                                  out.path("std_preproc_t1w", template=template, res=res_label), template_mask,
+                                  out.path("biasfield"))
     tissue = pd.read_csv(out.path("tissue_morph"), sep="\t").iloc[0]
     summary = [("TIV", f"{tissue['tiv_ml']:.0f} mL"), ("GM", f"{tissue['gm_ml']:.0f} mL"),
                ("WM", f"{tissue['wm_ml']:.0f} mL"), ("CSF", f"{tissue['csf_ml']:.0f} mL"),
@@ -171,10 +185,7 @@ def write_participant_report(output_dir: str, subject: str, session: str | None,
         key=out.prefix, version=__version__, date=datetime.date.today().isoformat(), source=source,
         template=template, summary=summary, warnings=warnings or [],
         qc=quality_section(out, qc_masks, draw_background),
-        seg_svg=figures.segmentation_mosaic(out.path("preproc_t1w"), out.path("brain_mask"), out.path("dseg")),
-        norm_svg=figures.normalization_check(out.path("std_preproc_t1w", template=template, res=res_label),
-                                             template_mask),
-        bias_svg=figures.bias_field(out.path("biasfield"), out.path("brain_mask")),
+        seg_svg=svgs["seg_svg"], norm_svg=svgs["norm_svg"], bias_svg=svgs["bias_svg"],
         methods=sorted(methods.items()),
     )
     return str(d.write_text(out.report(), html))
