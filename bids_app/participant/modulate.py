@@ -18,7 +18,10 @@ determinant (the head-size scaling), which is most of the volume change.
 Output grids coarser than the T1w (a 2 mm VBM grid for a 1 mm scan) are handled
 by supersampling: each output voxel is split into ``k^3`` sub-voxels, the product
 is formed there and averaged back, which integrates thin cortex far better than
-sampling it once per 2 mm voxel.
+sampling it once per 2 mm voxel. The determinant itself is smooth (SyN's field
+lives on a 2 mm grid), so it is computed on the output grid and interpolated to
+the sub-voxels: 0.5 s instead of 3.3 s, total GM error -0.0046 % instead of
+-0.0025 % on the 1 mm phantom (voxelwise: median 0.05 %, 99th percentile 0.4 %).
 
 Measured on the phantoms of ``tests/test_register.py`` (GM of ~900 mL): the
 modulated total differs from the native one by < 0.005 % at 1 mm and at 2 mm
@@ -34,6 +37,7 @@ from pathlib import Path
 import ants
 import nibabel as nb
 import numpy as np
+from scipy import ndimage
 
 from bids_app.participant.antsio import to_ants
 from bids_app.participant.register import TemplateRegistration, to_template
@@ -107,6 +111,14 @@ def block_mean(data: np.ndarray, k: int) -> np.ndarray:
     return data.reshape(x, k, y, k, z, k).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
 
 
+def upsample_linear(data: np.ndarray, k: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """``data`` trilinearly interpolated at the sub-voxel centres of :func:`supersampled_grid`."""
+    if k == 1:
+        return data
+    return ndimage.affine_transform(data, np.eye(3) / k, offset=-(k - 1) / (2.0 * k), output_shape=shape,
+                                    order=1, mode="nearest").astype(np.float32)
+
+
 def supersampling_factor(native: nb.Nifti1Image, reference: nb.Nifti1Image) -> int:
     """Sub-voxels per axis so the supersampled grid is about as fine as the native one."""
     ratio = max(reference.header.get_zooms()[:3]) / min(native.header.get_zooms()[:3])
@@ -127,14 +139,14 @@ def modulate(prob_native: nb.Nifti1Image, reg: TemplateRegistration, reference: 
 def modulate_maps(prob_natives: dict[str, nb.Nifti1Image], reg: TemplateRegistration,
                   reference: nb.Nifti1Image, supersample: int | None = None) -> dict[str, nb.Nifti1Image]:
     """:func:`modulate` of several maps on one native grid, composing the transform and its
-    Jacobian determinant once (the costly part: ~2 s per map at 1 mm on a 2 mm grid)."""
+    Jacobian determinant once for all of them."""
     if not prob_natives:
         return {}
     first = next(iter(prob_natives.values()))
     k = supersampling_factor(first, reference) if supersample is None else int(supersample)
     fine = supersampled_grid(reference, k) if k > 1 else reference
-    field, grid = composed_displacement(reg.to_template, fine)
-    jd = determinant_of_map(field, grid)
+    field, grid = composed_displacement(reg.to_template, reference)
+    jd = upsample_linear(determinant_of_map(field, grid), k, fine.shape[:3])
     del field
     out = {}
     for key, prob_native in prob_natives.items():
