@@ -67,6 +67,18 @@ def test_tissue_volumes_exact(phantom):
     assert vol["gm_ml"] + vol["wm_ml"] + vol["csf_ml"] == pytest.approx(vol["tiv_ml"])
     assert vol["bpf"] == pytest.approx(0.85)
     assert vol["gm_fraction"] == pytest.approx(0.45 / 0.85)
+    assert vol["brain_ml"] == pytest.approx(1.0)
+
+
+def test_tiv_is_the_intracranial_mask(phantom):
+    """With an intracranial mask, TIV is its volume; tissue volumes stay those of the brain mask."""
+    probseg, mask = phantom
+    vol = tissue_volumes(probseg, mask, _img(np.ones((6, 5, 4)), np.uint8))  # 120 voxels = 1.2 mL
+    assert vol["tiv_ml"] == pytest.approx(1.2) and vol["brain_ml"] == pytest.approx(1.0)
+    assert vol["gm_ml"] == pytest.approx(0.45) and vol["csf_ml"] == pytest.approx(0.15)
+    assert vol["bpf"] == pytest.approx(0.85 / 1.2)
+    with pytest.raises(ValueError, match="intracranial mask"):
+        tissue_volumes(probseg, mask, nb.Nifti1Image(np.ones((6, 5, 4), np.uint8), np.eye(4)))
 
 
 def test_tissue_volumes_reads_scaled_integer_probseg(phantom):

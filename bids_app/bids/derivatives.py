@@ -62,6 +62,7 @@ OUTPUTS: dict[str, OutputSpec] = {
     "biasfield": _spec("T1w", desc="biasfield", description="N4 bias field estimate"),
     "brain_mask": _spec("mask", desc="brain", description="brain mask, native space"),
     "head_mask": _spec("mask", desc="head", description="head mask, native space"),
+    "icv_mask": _spec("mask", desc="intracranial", description="intracranial mask (TIV), native space"),
     "dseg": _spec("dseg", description="tissue labels: 1 GM, 2 WM, 3 CSF"),
     "probseg": _spec("probseg", label="{label}", description="tissue probability map, native space"),
     "xfm_to_template": _spec("xfm", ".h5", from_="T1w", to="{template}", mode="image",

@@ -6,17 +6,20 @@ probability times the voxel volume (the convention of SPM/CAT12 and FSL FAST's
 Summing probabilities rather than counting hard labels keeps the volumes unbiased at
 tissue boundaries and makes a uniform shrinkage of a region show up in proportion.
 
-Total intracranial volume (TIV) is the volume of the brain mask, which the
-segmentation fills completely with GM + WM + CSF (the probabilities sum to one in
-it), so ``tiv_ml == gm_ml + wm_ml + csf_ml`` up to rounding. The mask is the
-intracranial brain extraction (deepbet, or the input's own mask when it is already
-skull-stripped): it holds the brain, ventricles and sulcal CSF; how much of the
-extra-cerebral CSF it includes depends on the extraction, as with any mask-based TIV.
+Total intracranial volume (TIV) is the volume of the intracranial mask
+(:mod:`bids_app.participant.intracranial`): the brain mask grown out through the
+extra-cerebral CSF to the inner table of the skull. The GM/WM/CSF volumes are those
+inside the brain mask, which the segmentation fills completely (the probabilities sum
+to one in it), so ``gm_ml + wm_ml + csf_ml`` is the brain-mask volume ``brain_ml``, and
+``tiv_ml - brain_ml`` the extra-cerebral CSF outside it. Without an intracranial mask
+(``icv_mask=None``) TIV falls back to the brain-mask volume.
 
 Derived fractions:
 
 - brain parenchymal fraction ``bpf = (GM + WM) / TIV`` (Rudick et al., Neurology 1999,
-  doi:10.1212/WNL.53.8.1698), a normalised measure of whole-brain atrophy;
+  doi:10.1212/WNL.53.8.1698, who divided by the volume inside the brain's outer contour;
+  here the intracranial volume, so that a widening of the extra-cerebral CSF counts as
+  atrophy too), a normalised measure of whole-brain atrophy;
 - ``gm_fraction = GM / (GM + WM)``, the grey-matter share of the parenchyma.
 """
 
@@ -32,7 +35,7 @@ TISSUES = ("GM", "WM", "CSF")
 ROI_COLUMNS = ["index", "name", "voxels", "volume_ml", "gm_ml", "wm_ml", "csf_ml"]
 
 #: Key order of the tissue table (one row per subject/session).
-TISSUE_KEYS = ["tiv_ml", "gm_ml", "wm_ml", "csf_ml", "bpf", "gm_fraction"]
+TISSUE_KEYS = ["tiv_ml", "brain_ml", "gm_ml", "wm_ml", "csf_ml", "bpf", "gm_fraction"]
 
 
 def voxel_volume_ml(img: nb.spatialimages.SpatialImage) -> float:
@@ -56,12 +59,15 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator > 0 else float("nan")
 
 
-def tissue_volumes(probseg: dict[str, nb.Nifti1Image], brain_mask: nb.Nifti1Image) -> dict[str, float]:
-    """TIV, partial-volume GM/WM/CSF volumes (mL), brain parenchymal fraction and GM fraction.
+def tissue_volumes(probseg: dict[str, nb.Nifti1Image], brain_mask: nb.Nifti1Image,
+                   icv_mask: nb.Nifti1Image | None = None) -> dict[str, float]:
+    """TIV, brain-mask volume, partial-volume GM/WM/CSF volumes (mL), brain parenchymal
+    fraction and GM fraction.
 
     ``probseg`` maps "GM", "WM", "CSF" to probability images on the mask's grid;
-    probabilities outside ``brain_mask`` are ignored. Returns the keys of
-    :data:`TISSUE_KEYS` (see the module docstring for the definitions).
+    probabilities outside ``brain_mask`` are ignored. TIV is the volume of ``icv_mask``
+    (the brain mask when it is None). Returns the keys of :data:`TISSUE_KEYS` (see the
+    module docstring for the definitions).
     """
     mask = _data(brain_mask) > 0
     vox = voxel_volume_ml(brain_mask)
@@ -70,9 +76,15 @@ def tissue_volumes(probseg: dict[str, nb.Nifti1Image], brain_mask: nb.Nifti1Imag
         _check_grid(brain_mask, probseg[tissue], f"label-{tissue} probseg")
         volumes[tissue] = float(_data(probseg[tissue])[mask].sum()) * vox
     parenchyma = volumes["GM"] + volumes["WM"]
-    tiv = float(mask.sum()) * vox
+    brain = float(mask.sum()) * vox
+    if icv_mask is None:
+        tiv = brain
+    else:
+        _check_grid(brain_mask, icv_mask, "intracranial mask")
+        tiv = float((_data(icv_mask) > 0).sum()) * vox
     return {
         "tiv_ml": tiv,
+        "brain_ml": brain,
         "gm_ml": volumes["GM"],
         "wm_ml": volumes["WM"],
         "csf_ml": volumes["CSF"],
@@ -111,7 +123,9 @@ def roi_volumes(atlas_native: nb.Nifti1Image, labels: pd.DataFrame,
 
 
 _TISSUE_DICTIONARY = {
-    "tiv_ml": ("Total intracranial volume: volume of the brain mask (= GM + WM + CSF inside it)", "mL"),
+    "tiv_ml": ("Total intracranial volume: volume of the intracranial mask (desc-intracranial_mask), the brain "
+               "mask grown through the extra-cerebral CSF to the skull", "mL"),
+    "brain_ml": ("Volume of the brain mask (desc-brain_mask; = GM + WM + CSF inside it)", "mL"),
     "gm_ml": ("Grey-matter volume: sum of the GM probability over the brain mask times the voxel volume", "mL"),
     "wm_ml": ("White-matter volume: sum of the WM probability over the brain mask times the voxel volume", "mL"),
     "csf_ml": ("Cerebrospinal-fluid volume: sum of the CSF probability over the brain mask times the voxel volume",

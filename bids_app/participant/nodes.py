@@ -226,19 +226,25 @@ def thickness_node(dseg, probseg, nthreads):
     return path
 
 
-def morphometry_node(brain_mask, probseg, atlases, template, thickness=None):
-    """Tissue volumes and atlas ROI volumes (+ mean ROI thickness); returns (tissue_tsv, {atlas: tsv})."""
+def morphometry_node(t1w, brain_mask, probseg, atlases, template, prestripped, thickness=None):
+    """Intracranial mask, tissue volumes and atlas ROI volumes (+ mean ROI thickness);
+    returns (icv_mask, tissue_tsv, {atlas: tsv})."""
     import os
 
     import nibabel as nb
     import pandas as pd
 
+    from bids_app.participant.intracranial import intracranial_mask
     from bids_app.participant.morphometry import roi_volumes, tissue_volumes
     from bids_app.participant.thickness import roi_thickness
     from bids_app.resources import get_atlas
 
     prob = {label: nb.load(p) for label, p in zip(("GM", "WM", "CSF"), probseg)}
-    tissue = tissue_volumes(prob, nb.load(brain_mask))
+    mask = nb.load(brain_mask)
+    icv = intracranial_mask(nb.load(t1w), mask, prob["CSF"], prob["GM"], prestripped=bool(prestripped))
+    icv_mask = os.path.abspath("intracranial_mask.nii.gz")
+    icv.to_filename(icv_mask)
+    tissue = tissue_volumes(prob, mask, icv)
     tissue_tsv = os.path.abspath("tissue_morph.tsv")
     pd.DataFrame([tissue]).to_csv(tissue_tsv, sep="\t", index=False)
     thick = nb.load(thickness) if thickness else None
@@ -250,4 +256,4 @@ def morphometry_node(brain_mask, probseg, atlases, template, thickness=None):
             table["thickness_mm"] = roi_thickness(nb.load(path), labels, thick).to_numpy()
         out[name] = os.path.abspath(f"atlas_{name}_morph.tsv")
         table.to_csv(out[name], sep="\t", index=False, na_rep="n/a")
-    return tissue_tsv, out
+    return icv_mask, tissue_tsv, out

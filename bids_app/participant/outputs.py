@@ -61,6 +61,9 @@ def write_participant_outputs(output_dir: str, bids_dir: str, subject: str, sess
     native("biasfield", work["biasfield"], raw, Description="N4 multiplicative bias field (input / field).")
     native("head_mask", work["head_mask"], raw, np.uint8, Description="Head (foreground) mask used for N4.")
     native("brain_mask", work["brain_mask"], raw, np.uint8, Type="Brain", Method=work["skullstrip_method"])
+    if work.get("icv_mask"):
+        native("icv_mask", work["icv_mask"], pre_uri, np.uint8, Type="ROI", Method=params["intracranial"],
+               Description="Intracranial cavity: the volume reported as tiv_ml.")
     native("dseg", work["dseg"], pre_uri, np.uint8, Method=params["segmentation"])
     for label, src in zip(TISSUE_LABELS, work["probseg"]):
         native("probseg", src, pre_uri, label=label, Method=params["segmentation"])

@@ -32,6 +32,7 @@ from bids_app.bids.derivatives import resolution_label
 from bids_app.bids.layout import SessionInputs
 from bids_app.config import Settings
 from bids_app.participant import nodes
+from bids_app.participant.intracranial import METHOD as ICV_METHOD
 from bids_app.participant.segment import METHOD as SEGMENTATION_METHOD
 
 LOG = logging.getLogger("morphobids")
@@ -40,6 +41,7 @@ METHODS = {
     "bias": "N4 (antspyx n4_bias_field_correction) in a head mask, 4 levels 40/30/20/10 iterations, ~4 mm working grid",
     "segmentation": SEGMENTATION_METHOD,
     "registration": "antspyx rigid -> affine -> SyN to the template brain",
+    "intracranial": ICV_METHOD,
 }
 
 
@@ -51,19 +53,19 @@ def _fn(func, inputs, outputs, name, mem_gb=1.0, n_procs=1) -> Node:
 
 def sink_node(output_dir, bids_dir, subject, session, source_t1w, params, prestripped, conform_json, preproc,
               biasfield, head_mask, brain_mask, skullstrip_method, dseg, probseg, to_template, to_native,
-              similarity, std, atlases, tissue_tsv, atlas_tsv, iqm_json, qc_json, thickness=None):
+              similarity, std, atlases, icv_mask, tissue_tsv, atlas_tsv, iqm_json, qc_json, thickness=None):
     """Write the derivatives of one participant/session (last node)."""
     from bids_app.participant.outputs import write_participant_outputs
 
     work = dict(prestripped=prestripped, conform_json=conform_json, preproc=preproc, biasfield=biasfield,
                 head_mask=head_mask, brain_mask=brain_mask, skullstrip_method=skullstrip_method, dseg=dseg,
                 probseg=probseg, to_template=to_template, to_native=to_native, similarity=similarity, std=std,
-                atlases=atlases, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv, iqm_json=iqm_json, qc_json=qc_json,
+                atlases=atlases, icv_mask=icv_mask, tissue_tsv=tissue_tsv, atlas_tsv=atlas_tsv, iqm_json=iqm_json, qc_json=qc_json,
                 thickness=thickness)
     return write_participant_outputs(output_dir, bids_dir, subject, session, source_t1w, work, params)
 
 
-def figures_node(preproc, brain_mask, dseg, std, template_mask, biasfield):
+def figures_node(preproc, brain_mask, dseg, std, template_mask, biasfield, icv_mask=None):
     """The report's processing figures (SVG text in a JSON file), drawn from the work files
     while QC runs; the report node adds the QC figures and writes the page."""
     import json
@@ -71,7 +73,7 @@ def figures_node(preproc, brain_mask, dseg, std, template_mask, biasfield):
 
     from bids_app.reports.participant import processing_figures
 
-    svgs = processing_figures(preproc, brain_mask, dseg, std["preproc_t1w"], template_mask, biasfield)
+    svgs = processing_figures(preproc, brain_mask, dseg, std["preproc_t1w"], template_mask, biasfield, icv_mask)
     path = os.path.abspath("figures.json")
     with open(path, "w") as fh:
         json.dump(svgs, fh)
@@ -134,8 +136,8 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
                   ["atlases"], "atlases", 1.0)
     atlases.inputs.atlas_names = list(settings.atlases)
     atlases.inputs.template = settings.template
-    morph = _fn(nodes.morphometry_node, ["brain_mask", "probseg", "atlases", "template", "thickness"],
-                ["tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
+    morph = _fn(nodes.morphometry_node, ["t1w", "brain_mask", "probseg", "atlases", "template", "prestripped",
+                                         "thickness"], ["icv_mask", "tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
     morph.inputs.template = settings.template
     qc = _fn(nodes.qc_node, ["t1w", "corrected", "head_mask", "brain_mask", "probseg", "dseg", "biasfield", "priors",
                              "to_template", "to_native", "similarity", "template_mask", "prestripped", "conform_json",
@@ -144,7 +146,8 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     qc.inputs.source = str(inputs.t1w)
     sink_inputs = ["output_dir", "bids_dir", "subject", "session", "source_t1w", "params", "prestripped",
                    "conform_json", "preproc", "biasfield", "head_mask", "brain_mask", "skullstrip_method", "dseg",
-                   "probseg", "to_template", "to_native", "similarity", "std", "atlases", "tissue_tsv", "atlas_tsv",
+                   "probseg", "to_template", "to_native", "similarity", "std", "atlases", "icv_mask", "tissue_tsv",
+                   "atlas_tsv",
                    "iqm_json", "qc_json", "thickness"]
     sink = _fn(sink_node, sink_inputs, ["written"], "sink", 0.5)
     sink.overwrite = True  # always (re)write: the output folder may have changed since the last run
@@ -165,7 +168,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
                     (thickness, morph, [("thickness", "thickness")]),
                     (thickness, sink, [("thickness", "thickness")])])
 
-    figures = _fn(figures_node, ["preproc", "brain_mask", "dseg", "std", "template_mask", "biasfield"],
+    figures = _fn(figures_node, ["preproc", "brain_mask", "dseg", "std", "template_mask", "biasfield", "icv_mask"],
                   ["figures"], "figures", 1.0)
     figures.inputs.template_mask = str(resources[f"mask-res{res}"])
     report = _fn(report_node, ["written", "output_dir", "subject", "session", "template", "res_label",
@@ -185,6 +188,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (bias, figures, [("corrected", "preproc"), ("biasfield", "biasfield")]),
         (strip, figures, [("brain_mask", "brain_mask")]),
         (segment, figures, [("dseg", "dseg")]),
+        (morph, figures, [("icv_mask", "icv_mask")]),
         (std, figures, [("std", "std")]),
         (figures, report, [("figures", "figures")]),
         (conform, detect, [("out_file", "in_file")]),
@@ -205,6 +209,8 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (register, std, [("to_template", "to_template"), ("to_native", "to_native")]),
         (bias, atlases, [("corrected", "reference")]),
         (register, atlases, [("to_template", "to_template"), ("to_native", "to_native")]),
+        (bias, morph, [("corrected", "t1w")]),
+        (detect, morph, [("prestripped", "prestripped")]),
         (strip, morph, [("brain_mask", "brain_mask")]),
         (segment, morph, [("probseg", "probseg")]),
         (atlases, morph, [("atlases", "atlases")]),
@@ -216,7 +222,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (register, sink, [("to_template", "to_template"), ("to_native", "to_native"), ("similarity", "similarity")]),
         (std, sink, [("std", "std")]),
         (atlases, sink, [("atlases", "atlases")]),
-        (morph, sink, [("tissue_tsv", "tissue_tsv"), ("atlas_tsv", "atlas_tsv")]),
+        (morph, sink, [("icv_mask", "icv_mask"), ("tissue_tsv", "tissue_tsv"), ("atlas_tsv", "atlas_tsv")]),
         (conform, qc, [("out_file", "t1w"), ("info_json", "conform_json")]),
         (bias, qc, [("corrected", "corrected"), ("head_mask", "head_mask"), ("biasfield", "biasfield")]),
         (strip, qc, [("brain_mask", "brain_mask")]),

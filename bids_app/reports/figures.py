@@ -43,8 +43,9 @@ def _cuts(img: nb.Nifti1Image, mask: nb.Nifti1Image, axis: str, n: int = 7) -> l
     return list(np.linspace(lo, hi, n))
 
 
-def segmentation_mosaic(t1w, brain_mask, dseg) -> str:
-    """T1w with the brain-mask outline (red), GM/WM borders (green/blue): axial + sagittal rows."""
+def segmentation_mosaic(t1w, brain_mask, dseg, icv_mask=None) -> str:
+    """T1w with the brain-mask outline (red), GM/WM borders (green/blue) and, when given, the
+    intracranial mask (yellow): axial + sagittal rows."""
     t1w, brain_mask, dseg = (nb.load(str(x)) if not isinstance(x, nb.Nifti1Image) else x
                              for x in (t1w, brain_mask, dseg))
     labels = np.asanyarray(dseg.dataobj)
@@ -54,6 +55,8 @@ def segmentation_mosaic(t1w, brain_mask, dseg) -> str:
     for axis in ("z", "x"):
         display = plotting.plot_anat(t1w, display_mode=axis, cut_coords=_cuts(t1w, brain_mask, axis),
                                      dim=-0.3, annotate=False, draw_cross=False, black_bg=True)
+        if icv_mask is not None:
+            display.add_contours(icv_mask, levels=[0.5], colors="yellow", linewidths=0.6)
         display.add_contours(brain_mask, levels=[0.5], colors="r", linewidths=0.8)
         display.add_contours(gm, levels=[0.5], colors="lime", linewidths=0.4)
         display.add_contours(wm, levels=[0.5], colors="deepskyblue", linewidths=0.4)

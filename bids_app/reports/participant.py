@@ -150,10 +150,10 @@ def quality_section(out: d.Outputs, qc_masks: Mapping[str, str | Path] | None = 
     return section
 
 
-def processing_figures(t1w, brain_mask, dseg, std_t1w, template_mask, biasfield) -> dict[str, str]:
+def processing_figures(t1w, brain_mask, dseg, std_t1w, template_mask, biasfield, icv_mask=None) -> dict[str, str]:
     """The report's processing figures as SVG text: segmentation mosaic, normalization
     check and bias field (keys ``seg_svg``, ``norm_svg``, ``bias_svg``)."""
-    return {"seg_svg": figures.segmentation_mosaic(t1w, brain_mask, dseg),
+    return {"seg_svg": figures.segmentation_mosaic(t1w, brain_mask, dseg, icv_mask),
             "norm_svg": figures.normalization_check(std_t1w, template_mask),
             "bias_svg": figures.bias_field(biasfield, brain_mask)}
 
@@ -172,11 +172,15 @@ def write_participant_report(output_dir: str, subject: str, session: str | None,
     out = d.Outputs(Path(output_dir), subject, session)
     svgs = dict(svgs or {})
     if not {"seg_svg", "norm_svg", "bias_svg"} <= set(svgs):
+        icv = out.path("icv_mask")
         svgs = processing_figures(out.path("preproc_t1w"), out.path("brain_mask"), out.path("dseg"),
                                   out.path("std_preproc_t1w", template=template, res=res_label), template_mask,
-                                  out.path("biasfield"))
+                                  out.path("biasfield"), icv if icv.is_file() else None)
     tissue = pd.read_csv(out.path("tissue_morph"), sep="\t").iloc[0]
-    summary = [("TIV", f"{tissue['tiv_ml']:.0f} mL"), ("GM", f"{tissue['gm_ml']:.0f} mL"),
+    summary = [("TIV", f"{tissue['tiv_ml']:.0f} mL")]
+    if "brain_ml" in tissue:
+        summary.append(("Brain mask", f"{tissue['brain_ml']:.0f} mL"))
+    summary += [("GM", f"{tissue['gm_ml']:.0f} mL"),
                ("WM", f"{tissue['wm_ml']:.0f} mL"), ("CSF", f"{tissue['csf_ml']:.0f} mL"),
                ("Brain parenchymal fraction", f"{tissue['bpf']:.3f}"),
                ("GM fraction of brain", f"{tissue['gm_fraction']:.3f}")]
