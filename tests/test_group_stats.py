@@ -65,8 +65,8 @@ def test_collect_cohort_tables(group_cohort, cohort_dirs, cohort_group):
     assert n_aal3 > 150 and n_mori > 100
     measures = ["volume_ml", "gm_ml", "wm_ml", "csf_ml"]
     assert set(cohort_group.rois["measure"]) == set(measures)
-    assert morph.shape[1] == 2 + 6 + 4 * (n_aal3 + n_mori)
-    for col in ("tiv_ml", "gm_ml", "wm_ml", "csf_ml", "bpf", "gm_fraction", "AAL3_Precentral_L_gm_ml",
+    assert morph.shape[1] == 2 + 7 + 4 * (n_aal3 + n_mori)  # ids, tissue keys (brain_ml too), ROIs
+    for col in ("tiv_ml", "brain_ml", "gm_ml", "wm_ml", "csf_ml", "bpf", "gm_fraction", "AAL3_Precentral_L_gm_ml",
                 "AAL3_Precentral_R_volume_ml", "Mori_Left_Precentral_Gyrus_gm_ml"):
         assert col in morph.columns
     # values are those of the participant tables, in the right rows (a patient's)
