@@ -6,16 +6,19 @@ import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_app.participant.intracranial import intracranial_mask, intensity_window
+from bids_app.participant.intracranial import (intensity_window, intracranial_mask, registered_intracranial_mask,
+                                               template_intracranial_mask)
+from bids_app.participant.register import TemplateRegistration
 
 CAVITY_MM = 53.0  # inner surface of the skull: the truth
 
 
-def _head(brain_mm: float, seed: int = 0):
+def _head(brain_mm: float, seed: int = 0, scale: float = 1.0):
     """Concentric head on a 1 mm grid: WM, GM, CSF (inside the brain mask out to ``brain_mm``),
-    extra-cerebral CSF to :data:`CAVITY_MM`, inner table, marrow, outer table, scalp, air; noise SD 3."""
+    extra-cerebral CSF to :data:`CAVITY_MM`, inner table, marrow, outer table, scalp, air; noise SD 3.
+    ``scale`` shrinks every radius by that factor (a smaller head on the same grid)."""
     n = 130
-    r = np.linalg.norm(np.indices((n, n, n)) - (n - 1) / 2, axis=0)
+    r = np.linalg.norm(np.indices((n, n, n)) - (n - 1) / 2, axis=0) / scale
     layers = [(brain_mm - 8, 100.0), (brain_mm - 3, 60.0), (CAVITY_MM, 30.0), (CAVITY_MM + 2, 5.0),
               (CAVITY_MM + 5, 120.0), (CAVITY_MM + 6, 5.0), (CAVITY_MM + 10, 110.0)]
     img = np.full(r.shape, 2.0)
@@ -60,3 +63,40 @@ def test_prestripped_input_keeps_its_mask():
     t1w, brain, csf, gm = _head(51.0)
     icv = intracranial_mask(t1w, brain, csf, gm, prestripped=True)
     assert np.array_equal(np.asarray(icv.dataobj) > 0, np.asarray(brain.dataobj) > 0)
+
+
+def _scaling_registration(tmp_path, scale: float, shape) -> TemplateRegistration:
+    """Exact ITK affine transforms between a template head and the same head shrunk by ``scale``
+    about the grid centre (identity affine: RAS mm = voxel index; ITK works in LPS)."""
+    import ants
+
+    centre = (np.array(shape) - 1) / 2 * np.array([-1, -1, 1])  # LPS
+    paths = []
+    for name, factor in (("to_template", scale), ("to_native", 1 / scale)):
+        # as a point map, to_native takes T1w points to template points (ITK's pull-back)
+        tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
+                                        matrix=np.eye(3) * factor, center=list(centre))
+        paths.append(tmp_path / f"{name}.mat")
+        ants.write_transform(tx, str(paths[-1]))
+    return TemplateRegistration(to_template=paths[0], to_native=paths[1], similarity=1.0)
+
+
+def test_prestripped_cavity_comes_from_the_template(tmp_path):
+    """Brain-extracted input: the template's cavity, carried through the registration, gives the
+    subject's cavity (here a head 0.9x the template's, so 0.729x its volume)."""
+    scale = 0.9
+    template = _head(46.0)  # a template with 7 mm of extra-cerebral CSF
+    subject_t1w, subject_brain, _, _ = _head(46.0, seed=1, scale=scale)
+    reg = _scaling_registration(tmp_path, scale, subject_t1w.shape)
+    # the transform is the one that relates the two heads: the template brain lands on the subject's
+    from bids_app.participant.register import to_native
+
+    moved = np.asarray(to_native(template[1], reg, subject_brain, "linear").dataobj) > 0.5
+    brain = np.asarray(subject_brain.dataobj) > 0
+    assert 2 * (moved & brain).sum() / (moved.sum() + brain.sum()) > 0.98
+    tpl_icv = template_intracranial_mask(*(template[k] for k in (0, 1, 2, 3)))
+    icv = registered_intracranial_mask(tpl_icv, reg, subject_brain)
+    truth_ml = 4 / 3 * np.pi * (CAVITY_MM * scale) ** 3 / 1000
+    assert _volume_ml(subject_brain) < 0.75 * truth_ml  # the brain mask alone reads 30 % low
+    assert _volume_ml(icv) == pytest.approx(truth_ml, rel=0.03)
+    assert (np.asarray(icv.dataobj)[brain] > 0).all()

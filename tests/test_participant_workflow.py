@@ -102,7 +102,13 @@ def test_participant_level_end_to_end(make_bids, pumi_t1w, tmp_path, capsys):
     assert meta["Method"] == "input already brain-extracted"
     raw_brain_ml = (np.asanyarray(stroke.dataobj) > 0).sum() * np.prod(stroke.header.get_zooms()[:3]) / 1000
     stroke_tissue = pd.read_csv(s3.path("tissue_morph"), sep="\t").iloc[0]
-    assert abs(stroke_tissue["tiv_ml"] / raw_brain_ml - 1) < 0.02
+    assert abs(stroke_tissue["brain_ml"] / raw_brain_ml - 1) < 0.02
+    # its TIV comes from the template's cavity through the registration: beyond the brain mask by
+    # the extra-cerebral CSF (ds000011 full heads: brain mask 83-93 % of TIV), an adult's volume
+    assert 1100 < stroke_tissue["tiv_ml"] < 2000
+    assert 1.03 < stroke_tissue["tiv_ml"] / stroke_tissue["brain_ml"] < 1.25
+    icv_meta = json.loads(d.sidecar_path(s3.path("icv_mask")).read_text())
+    assert icv_meta["Method"].startswith("input already brain-extracted: the template's intracranial mask")
     assert 0.35 < stroke_tissue["gm_fraction"] < 0.65
     # precentral gyrus ROI present in the default atlas table
     roi = pd.read_csv(o.path("atlas_morph", atlas="AAL3"), sep="\t").set_index("name")

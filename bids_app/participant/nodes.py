@@ -226,22 +226,33 @@ def thickness_node(dseg, probseg, nthreads):
     return path
 
 
-def morphometry_node(t1w, brain_mask, probseg, atlases, template, prestripped, thickness=None):
+def morphometry_node(t1w, brain_mask, probseg, atlases, template, prestripped, to_template, to_native,
+                     template_head, thickness=None):
     """Intracranial mask, tissue volumes and atlas ROI volumes (+ mean ROI thickness);
-    returns (icv_mask, tissue_tsv, {atlas: tsv})."""
+    returns (icv_mask, tissue_tsv, {atlas: tsv}).
+
+    ``template_head``: template T1w, brain mask, GM and CSF maps (paths), for the
+    intracranial mask of brain-extracted input (see intracranial.py)."""
     import os
 
     import nibabel as nb
     import pandas as pd
 
-    from bids_app.participant.intracranial import intracranial_mask
+    from bids_app.participant import intracranial
     from bids_app.participant.morphometry import roi_volumes, tissue_volumes
+    from bids_app.participant.register import TemplateRegistration
     from bids_app.participant.thickness import roi_thickness
     from bids_app.resources import get_atlas
 
     prob = {label: nb.load(p) for label, p in zip(("GM", "WM", "CSF"), probseg)}
     mask = nb.load(brain_mask)
-    icv = intracranial_mask(nb.load(t1w), mask, prob["CSF"], prob["GM"], prestripped=bool(prestripped))
+    if prestripped:
+        tpl = template_head
+        tpl_icv = intracranial.template_intracranial_mask(tpl["T1w"], tpl["mask"], tpl["CSF"], tpl["GM"])
+        reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float("nan"))
+        icv = intracranial.registered_intracranial_mask(tpl_icv, reg, mask)
+    else:
+        icv = intracranial.intracranial_mask(nb.load(t1w), mask, prob["CSF"], prob["GM"])
     icv_mask = os.path.abspath("intracranial_mask.nii.gz")
     icv.to_filename(icv_mask)
     tissue = tissue_volumes(prob, mask, icv)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bids_app.bids import derivatives as d
+from bids_app.participant import intracranial
 
 TISSUE_LABELS = ("GM", "WM", "CSF")
 
@@ -62,7 +63,8 @@ def write_participant_outputs(output_dir: str, bids_dir: str, subject: str, sess
     native("head_mask", work["head_mask"], raw, np.uint8, Description="Head (foreground) mask used for N4.")
     native("brain_mask", work["brain_mask"], raw, np.uint8, Type="Brain", Method=work["skullstrip_method"])
     if work.get("icv_mask"):
-        native("icv_mask", work["icv_mask"], pre_uri, np.uint8, Type="ROI", Method=params["intracranial"],
+        icv_method = intracranial.METHOD_REGISTERED if prestripped else intracranial.METHOD_GROWN
+        native("icv_mask", work["icv_mask"], pre_uri, np.uint8, Type="ROI", Method=icv_method,
                Description="Intracranial cavity: the volume reported as tiv_ml.")
     native("dseg", work["dseg"], pre_uri, np.uint8, Method=params["segmentation"])
     for label, src in zip(TISSUE_LABELS, work["probseg"]):

@@ -137,8 +137,11 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     atlases.inputs.atlas_names = list(settings.atlases)
     atlases.inputs.template = settings.template
     morph = _fn(nodes.morphometry_node, ["t1w", "brain_mask", "probseg", "atlases", "template", "prestripped",
-                                         "thickness"], ["icv_mask", "tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
+                                         "to_template", "to_native", "template_head", "thickness"],
+                ["icv_mask", "tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
     morph.inputs.template = settings.template
+    morph.inputs.template_head = {"T1w": str(resources["T1w-res1"]), "mask": str(resources["mask-res1"]),
+                                  "GM": priors[0], "CSF": priors[2]}
     qc = _fn(nodes.qc_node, ["t1w", "corrected", "head_mask", "brain_mask", "probseg", "dseg", "biasfield", "priors",
                              "to_template", "to_native", "similarity", "template_mask", "prestripped", "conform_json",
                              "source"], ["iqm_json", "qc_json"], "qc", 1.5)
@@ -214,6 +217,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (strip, morph, [("brain_mask", "brain_mask")]),
         (segment, morph, [("probseg", "probseg")]),
         (atlases, morph, [("atlases", "atlases")]),
+        (register, morph, [("to_template", "to_template"), ("to_native", "to_native")]),
         (detect, sink, [("prestripped", "prestripped")]),
         (conform, sink, [("info_json", "conform_json")]),
         (bias, sink, [("corrected", "preproc"), ("biasfield", "biasfield"), ("head_mask", "head_mask")]),
