@@ -186,7 +186,7 @@ def score(dseg_path: Path, truth: dict, brain_mask: Path | None = None) -> dict:
     true = on_ours(truth["dseg"])
     result = {t: dice(labels == k, true == k) for k, t in ((1, "GM"), (2, "WM"))}
     if brain_mask is not None:
-        result["brain"] = dice(np.asarray(nb.load(brain_mask).dataobj) > 0, on_ours(truth["brain_mask"]) > 0)
+        result["brain"] = dice(np.asarray(nb.load(brain_mask).dataobj) > 0, on_ours(truth["brain"]) > 0)
     return result
 
 
