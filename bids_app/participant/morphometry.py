@@ -11,8 +11,9 @@ Total intracranial volume (TIV) is the volume of the intracranial mask
 extra-cerebral CSF to the inner table of the skull. The GM/WM/CSF volumes are those
 inside the brain mask, which the segmentation fills completely (the probabilities sum
 to one in it), so ``gm_ml + wm_ml + csf_ml`` is the brain-mask volume ``brain_ml``, and
-``tiv_ml - brain_ml`` the extra-cerebral CSF outside it. Without an intracranial mask
-(``icv_mask=None``) TIV falls back to the brain-mask volume.
+``tiv_ml - brain_ml`` the extra-cerebral CSF outside it. For brain-extracted input the
+intracranial mask is the template's, carried over by the normalization. Without an
+intracranial mask (``icv_mask=None``) TIV falls back to the brain-mask volume.
 
 Derived fractions:
 
@@ -124,7 +125,8 @@ def roi_volumes(atlas_native: nb.Nifti1Image, labels: pd.DataFrame,
 
 _TISSUE_DICTIONARY = {
     "tiv_ml": ("Total intracranial volume: volume of the intracranial mask (desc-intracranial_mask), the brain "
-               "mask grown through the extra-cerebral CSF to the skull", "mL"),
+               "mask grown through the extra-cerebral CSF to the skull (for brain-extracted input: the template's "
+               "intracranial mask carried over by the normalization; its sidecar says which)", "mL"),
     "brain_ml": ("Volume of the brain mask (desc-brain_mask; = GM + WM + CSF inside it)", "mL"),
     "gm_ml": ("Grey-matter volume: sum of the GM probability over the brain mask times the voxel volume", "mL"),
     "wm_ml": ("White-matter volume: sum of the WM probability over the brain mask times the voxel volume", "mL"),
