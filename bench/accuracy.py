@@ -182,7 +182,7 @@ def print_volumes(root: Path, volumes: dict[str, np.ndarray], patient: str) -> N
 
 def work_inputs(root: Path, label: str) -> dict[str, Path]:
     wf = root / "work" / "morphobids_wf" / f"sub_{label}_wf"
-    return {"t1w": wf / "bias" / "corrected_T1w.nii.gz", "mask": wf / "skullstrip" / "brain_mask.nii.gz",
+    return {"t1w": wf / "bias" / "corrected_T1w.nii", "mask": wf / "skullstrip" / "brain_mask.nii.gz",
             "priors": [wf / "priors" / f"prior_{t}.nii" for t in ("GM", "WM", "CSF")],
             "atlas": wf / "atlases" / "atlas_AAL3.nii.gz"}
 

@@ -13,10 +13,13 @@ inverse transform, and ``atropos`` at 1 mm with those priors (5 iterations, prio
 MorphoBIDS' brain mask. Threads: ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` = ``--nprocs``.
 
 With ``--phantom DEMO_DIR`` the input is a demo subject (``python -m bids_app.demo make DIR
---resolution 1``) and both chains are scored against its ground truth (Dice of the brain
-mask and of the GM/WM labels).
+--resolution 1``), with ``--template-phantom SEED`` the whole template head under a known
+map, bias and noise at 1 mm (:mod:`bids_app.demo.template_phantom`, exact truth); both
+chains are then scored against the ground truth (Dice of the brain mask and of the GM/WM
+labels).
 
-    .venv/bin/python bench/participant.py [--t1w T1w.nii.gz | --phantom DEMO_DIR --subject 02]
+    .venv/bin/python bench/participant.py [--t1w T1w.nii.gz | --phantom DEMO_DIR --subject 02
+                                           | --template-phantom SEED]
                                           [--repeats 3] [--nprocs 2] [--no-reference]
 
 Quote medians and ratios: the machine may be shared (its load is printed).
@@ -90,6 +93,21 @@ def make_bids(t1w: Path, folder: Path) -> Path:
     shutil.copy(t1w, anat / "sub-01_T1w.nii.gz")
     (bids / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
     return bids
+
+
+def write_template_phantom(folder: Path, seed: int) -> tuple[Path, dict]:
+    """The 1 mm template-head phantom's T1w and truth (brain mask, dseg) as files in ``folder``."""
+    import nibabel as nb
+
+    from bids_app.demo.template_phantom import make_template_phantom
+
+    folder.mkdir(parents=True)
+    phantom = make_template_phantom(1.0, seed=seed, head=True)
+    paths = {"t1w": folder / "T1w.nii.gz", "brain": folder / "brain_mask.nii.gz", "dseg": folder / "dseg.nii.gz"}
+    for key, img in (("t1w", phantom.image), ("brain", phantom.brain_mask), ("dseg", phantom.dseg())):
+        img.header.set_xyzt_units("mm", "sec")
+        nb.save(img, paths[key])
+    return paths["t1w"], {"brain": paths["brain"], "dseg": paths["dseg"]}
 
 
 # ------------------------------------------------------------------------ MorphoBIDS
@@ -198,6 +216,8 @@ def main() -> None:
     parser.add_argument("--t1w", type=Path, default=DEFAULT_T1W)
     parser.add_argument("--phantom", type=Path, help="demo dataset (1 mm) to use and score against its truth")
     parser.add_argument("--subject", default="02", help="demo subject label with --phantom (default 02)")
+    parser.add_argument("--template-phantom", type=int, metavar="SEED",
+                        help="use the template head under a known map (1 mm, this seed) and score against its truth")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--no-reference", action="store_true")
@@ -210,9 +230,11 @@ def main() -> None:
 
         t1w = t1w_path(args.phantom, args.subject)
         truth = truth_paths(args.phantom / "derivatives" / "groundtruth", args.subject)
+    folder = Path(tempfile.mkdtemp(prefix="morphobids-bench-"))
+    if args.template_phantom is not None:
+        t1w, truth = write_template_phantom(folder / "phantom", args.template_phantom)
     print(f"input: {t1w}")
     print(load_note())
-    folder = Path(tempfile.mkdtemp(prefix="morphobids-bench-"))
     try:
         bids = make_bids(t1w, folder)
         runs = []
@@ -237,7 +259,7 @@ def main() -> None:
             print("accuracy vs truth: " + ", ".join(f"{k} Dice {v:.3f}" for k, v in acc.items()))
         if args.no_reference:
             return
-        conformed = next(last["work"].rglob("conform/*.nii.gz"))
+        conformed = next(last["work"].rglob("conform/conformed_T1w.nii*"))
         refs = [run_reference(conformed, anat / "sub-01_desc-brain_mask.nii.gz", folder, args.nprocs)
                 for _ in range(args.repeats)]
         print(f"\nReference chain (antspyx defaults), {args.repeats} run(s), {args.nprocs} threads")

@@ -18,6 +18,12 @@ from scipy import ndimage
 #: the fourth level brings inu_range to 0.29-0.30 and the WM SNR to 17-18, ABIDE's medians, in
 #: the same time (9 s at 1 mm). 4 x 50 iterations over-fits (inu_range 0.58-0.67, cjv worse).
 N4_CONVERGENCE = {"iters": [40, 30, 20, 10], "tol": 1e-6}
+#: N4 fits on a grid of about this spacing (mm): the shrink factor is this over the mean voxel size.
+#: The B-spline mesh is set in physical space (its finest level spans ~25 mm for a 200 mm head), so
+#: the working grid only sets how many samples fit it. 6 mm against 4 mm: the fields agree within
+#: 1 % (SD 0.4 % in the brain of a 1 mm phantom, 0.7 % over a ds000011 head) in 40-50 % of the time
+#: (ds000011 sub-01: 3.3 s vs 6.8 s; 1 mm phantom, 217x253x217 voxels: 5.2 s vs 12.2 s; 2 threads).
+N4_WORKING_MM = 6.0
 
 
 def head_mask(img: nb.Nifti1Image) -> nb.Nifti1Image:
@@ -41,7 +47,8 @@ def n4(img: nb.Nifti1Image, mask: nb.Nifti1Image | None = None, shrink_factor: i
        convergence: dict | None = None) -> tuple[nb.Nifti1Image, nb.Nifti1Image]:
     """Return (bias-corrected image, multiplicative bias field), both float32 on ``img``'s grid.
 
-    ``shrink_factor`` defaults to a working grid of about 4 mm (4 for 1 mm input, 2 for 2 mm).
+    ``shrink_factor`` defaults to a working grid of about :data:`N4_WORKING_MM` (6 for 1 mm
+    input, 5 for ds000011's 1 x 1.33 x 1.33 mm, 3 for 2 mm).
     """
     import ants  # imported here: head_mask alone should not pay antspyx's import time
 
@@ -49,7 +56,7 @@ def n4(img: nb.Nifti1Image, mask: nb.Nifti1Image | None = None, shrink_factor: i
 
     mask = mask if mask is not None else head_mask(img)
     if shrink_factor is None:
-        shrink_factor = max(1, int(round(4.0 / min(img.header.get_zooms()[:3]))))
+        shrink_factor = max(1, int(round(N4_WORKING_MM / float(np.mean(img.header.get_zooms()[:3])))))
     data = np.asanyarray(img.dataobj).astype(np.float32)
     offset = float(min(data.min(), 0.0))
     shifted = nb.Nifti1Image(data - offset + 1e-3, img.affine)  # N4 works in log space: keep > 0

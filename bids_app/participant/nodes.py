@@ -20,7 +20,7 @@ def conform_node(in_file, affine_source):
     from bids_app.participant.conform import conform
 
     img, info = conform(nb.load(in_file), affine_source)
-    out_file = os.path.abspath("conformed_T1w.nii.gz")
+    out_file = os.path.abspath("conformed_T1w.nii")  # work file, read by four steps
     nb.save(img, out_file)
     info_json = os.path.abspath("conform.json")
     with open(info_json, "w") as fh:
@@ -29,7 +29,10 @@ def conform_node(in_file, affine_source):
 
 
 def bias_node(in_file, prestripped):
-    """N4 inside the head mask; returns (corrected, biasfield, head_mask)."""
+    """N4 inside the head mask; returns (corrected, biasfield, head_mask).
+
+    The corrected T1w and the field are work files read by most later steps: kept
+    uncompressed (the sink compresses what it publishes)."""
     import os
 
     import nibabel as nb
@@ -40,7 +43,7 @@ def bias_node(in_file, prestripped):
     img = nb.load(in_file)
     mask = mask_from_stripped(img) if prestripped else head_mask(img)
     corrected, field = n4(img, mask)
-    paths = [os.path.abspath(n) for n in ("corrected_T1w.nii.gz", "biasfield.nii.gz", "head_mask.nii.gz")]
+    paths = [os.path.abspath(n) for n in ("corrected_T1w.nii", "biasfield.nii", "head_mask.nii.gz")]
     for image, path in zip((corrected, field, mask), paths):
         nb.save(image, path)
     return tuple(paths)

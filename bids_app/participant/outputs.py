@@ -26,11 +26,13 @@ def _copy(src: str | Path, dst: Path) -> Path:
 
 
 def _image(src: str | Path, dst: Path, dtype=None) -> Path:
-    """Save ``src`` at ``dst`` (optionally casting the data type, e.g. masks to uint8)."""
-    if dtype is None:
+    """Save ``src`` at ``dst``: a copy, or a rewrite that casts the data type (e.g. masks to
+    uint8) or compresses a work file kept as ``.nii`` for speed."""
+    if dtype is None and str(src).endswith(".nii.gz") == str(dst).endswith(".nii.gz"):
         return _copy(src, dst)
     img = nb.load(str(src))
-    out = nb.Nifti1Image(np.asanyarray(img.dataobj).astype(dtype), img.affine)
+    data = np.asanyarray(img.dataobj)
+    out = nb.Nifti1Image(data.astype(dtype) if dtype is not None else data, img.affine)
     out.header.set_xyzt_units("mm")
     return d.write_nifti(dst, out)
 

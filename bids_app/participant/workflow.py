@@ -38,7 +38,7 @@ from bids_app.participant.segment import METHOD as SEGMENTATION_METHOD
 LOG = logging.getLogger("morphobids")
 SEED = 1
 METHODS = {
-    "bias": "N4 (antspyx n4_bias_field_correction) in a head mask, 4 levels 40/30/20/10 iterations, ~4 mm working grid",
+    "bias": "N4 (antspyx n4_bias_field_correction) in a head mask, 4 levels 40/30/20/10 iterations, ~6 mm working grid",
     "segmentation": SEGMENTATION_METHOD,
     "registration": "antspyx rigid -> affine -> SyN to the template brain",
     "intracranial": ICV_METHOD,
