@@ -19,6 +19,15 @@ segmentation alone; the truth's ``in label`` figure is its target).
     .venv/bin/python bench/accuracy.py resegment [--root /tmp/acc]   # segment.py again on the cached
                                                                       # work-dir inputs, then score
 
+    .venv/bin/python bench/accuracy.py truths [--root /tmp/acc]      # ours and the reference chain
+                                                                      # against two constructions of the truth
+
+``truths`` asks how much the GM/WM comparison with the reference chain (antspyx N4, SyN,
+Atropos with priors; ``bench/participant.py``) depends on how the phantom's tissue truth was
+made. The stored truth is Atropos with template priors carried by antspyx SyN (Mattes MI), the
+reference chain's own recipe; the second truth is Atropos without priors (k-means start, same
+MRF) on the same N4-corrected head, rendered through the same map, atrophy and grid.
+
 ``resegment`` reruns only the tissue segmentation (bids_app.participant.segment.segment, its
 current defaults) on the work dir's N4-corrected T1w, brain mask and warped priors, and scores
 its labels and maps with the native AAL3 labels of the same run: the quick loop for tuning.
@@ -219,9 +228,63 @@ def resegment(root: Path, settings=None, mask_fn=None, quiet: bool = False) -> d
     return {"rows": rows, "loss": loss, "seconds": seconds, "volumes": volumes}
 
 
+# ------------------------------------------------------------------------ two truths
+
+
+def prior_free_dseg(root: Path, label: str) -> nb.Nifti1Image:
+    """``label``'s hard truth labels with the head's tissue maps from Atropos without priors."""
+    import dataclasses
+
+    import ants
+
+    from bids_app.demo import phantom
+    from bids_app.demo.build import draw_participants, subject_specs
+    from bids_app.demo.head import HeadTruth, _to_ants
+
+    folder = root / "bids" / GROUNDTRUTH / "head"
+    truth = HeadTruth.load(folder)
+    summary = json.loads((root / "bids" / GROUNDTRUTH / "groundtruth.json").read_text())
+    seed, n_subjects, res = (summary["generator"][k] for k in ("seed", "n_subjects", "resolution"))
+    mask = _to_ants(truth.brain_mask.astype(np.float32), truth.affine)
+    corrected = ants.n4_bias_field_correction(_to_ants(truth.t1w * truth.brain_mask, truth.affine), mask=mask,
+                                              shrink_factor=4)
+    seg = ants.atropos(a=corrected, x=mask, i="Kmeans[3]", m="[0.1,1x1x1]", c="[5,0]")
+    csf, gm, wm = (p.numpy().astype(np.float32) * truth.brain_mask for p in seg["probabilityimages"])  # dark->bright
+    free = dataclasses.replace(truth, gm=gm, wm=wm, csf=csf)
+    spec = next(s for s in subject_specs(draw_participants(n_subjects, seed), truth, seed) if s.label == label)
+    atrophy = phantom.cached_atrophy_field(truth, folder)[0]
+    arrays, _ = phantom.render_subject(spec, free, phantom.subject_grid(truth, res), atrophy)
+    stored = nb.load(truth_files(root, label)["dseg"])
+    return nb.Nifti1Image(arrays["dseg"], stored.affine)
+
+
+def truths(root: Path, nprocs: int) -> None:
+    """Ours and the reference chain on the patient, against the stored and the prior-free truth."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from participant import run_reference
+
+    label = patient_label(root / "bids")
+    anat = d.Outputs(root / "out", label)
+    conformed = next((root / "work" / "morphobids_wf" / f"sub_{label}_wf" / "conform").glob("conformed_T1w.nii*"))
+    folder = root / "reference"
+    folder.mkdir(exist_ok=True)
+    ref = nb.load(run_reference(conformed, anat.path("brain_mask"), folder, nprocs)["dseg"])
+    ours = nb.load(anat.path("dseg"))
+    free = root / "prior_free_dseg.nii.gz"
+    nb.save(prior_free_dseg(root, label), free)
+    print(f"sub-{label}, Dice of the hard labels      ours GM   WM    reference GM   WM")
+    for name, path in (("stored truth (priors via MI SyN)", truth_files(root, label)["dseg"]),
+                       ("prior-free truth", free)):
+        row = []
+        for img in (ours, ref):
+            labels, true = np.asarray(img.dataobj), on_grid(path, img)
+            row += [dice(labels == 1, true == 1), dice(labels == 2, true == 2)]
+        print(f"{name:<36} {row[0]:6.3f} {row[1]:6.3f}       {row[2]:6.3f} {row[3]:6.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("action", choices=["build", "score", "resegment"])
+    parser.add_argument("action", choices=["build", "score", "resegment", "truths"])
     parser.add_argument("--root", type=Path, default=Path("/tmp/acc"))
     parser.add_argument("--out", type=Path, help="output folder to score (default: <root>/out)")
     parser.add_argument("--nprocs", type=int, default=2)
@@ -232,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         score_outputs(args.root, args.root / "out")
     elif args.action == "score":
         score_outputs(args.root, args.out or args.root / "out")
+    elif args.action == "truths":
+        truths(args.root, args.nprocs)
     else:
         resegment(args.root)
     return 0
