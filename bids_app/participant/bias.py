@@ -16,13 +16,14 @@ from scipy import ndimage
 #: (antspyx default: 4 x 50). On ds000011 (1.5 T, 14 heads) three levels left most of the field
 #: in the image (in-brain inu_range 0.08-0.15, below ABIDE's 1st percentile; WM median/SD 14);
 #: the fourth level brings inu_range to 0.29-0.30 and the WM SNR to 17-18, ABIDE's medians, in
-#: the same time (9 s at 1 mm). 4 x 50 iterations over-fits (inu_range 0.58-0.67, cjv worse).
+#: the same time. 4 x 50 iterations over-fits (inu_range 0.58-0.67, cjv worse).
 N4_CONVERGENCE = {"iters": [40, 30, 20, 10], "tol": 1e-6}
 #: N4 fits on a grid of about this spacing (mm): the shrink factor is this over the mean voxel size.
 #: The B-spline mesh is set in physical space (its finest level spans ~25 mm for a 200 mm head), so
 #: the working grid only sets how many samples fit it. 6 mm against 4 mm: the fields agree within
 #: 1 % (SD 0.4 % in the brain of a 1 mm phantom, 0.7 % over a ds000011 head) in 40-50 % of the time
-#: (ds000011 sub-01: 3.3 s vs 6.8 s; 1 mm phantom, 217x253x217 voxels: 5.2 s vs 12.2 s; 2 threads).
+#: (ds000011 sub-01: 3.3 s vs 6.8 s; 1 mm phantom, 217x253x217 voxels: 5.2 s vs 12.2 s; 2 threads);
+#: in-brain inu_range moves by at most 0.005 (sub-01 0.263 -> 0.265, sub-08 0.161 -> 0.156).
 N4_WORKING_MM = 6.0
 
 
