@@ -231,11 +231,11 @@ def main() -> None:
         t1w = t1w_path(args.phantom, args.subject)
         truth = truth_paths(args.phantom / "derivatives" / "groundtruth", args.subject)
     folder = Path(tempfile.mkdtemp(prefix="morphobids-bench-"))
-    if args.template_phantom is not None:
-        t1w, truth = write_template_phantom(folder / "phantom", args.template_phantom)
-    print(f"input: {t1w}")
-    print(load_note())
     try:
+        if args.template_phantom is not None:
+            t1w, truth = write_template_phantom(folder / "phantom", args.template_phantom)
+        print(f"input: {t1w}")
+        print(load_note())
         bids = make_bids(t1w, folder)
         runs = []
         for i in range(args.repeats):
