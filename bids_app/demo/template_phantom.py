@@ -43,10 +43,10 @@ class TemplatePhantom:
 
     def dseg(self) -> nb.Nifti1Image:
         """Hard truth labels (1 GM, 2 WM, 3 CSF): the most probable tissue inside the brain mask."""
-        stack = np.stack([np.asarray(self.probseg[t].dataobj) for t in TISSUES])
-        labels = (np.argmax(stack, axis=0) + 1).astype(np.uint8)
-        labels[(np.asarray(self.brain_mask.dataobj) == 0) | (stack.max(axis=0) <= 0)] = 0
-        return nb.Nifti1Image(labels, self.image.affine)
+        from .phantom import hard_labels
+
+        maps = [np.asarray(self.probseg[t].dataobj) for t in TISSUES]
+        return nb.Nifti1Image(hard_labels(*maps, np.asarray(self.brain_mask.dataobj) > 0), self.image.affine)
 
 
 def _apply_affine(mat: np.ndarray, points: np.ndarray) -> np.ndarray:
