@@ -79,8 +79,8 @@ def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nth
     if prestripped:
         mask, method = skullstrip.mask_from_stripped(img), "input already brain-extracted"
     elif mode == "ants":
-        mask = skullstrip.template_mask(img, template_t1w, template_mask)
-        method = "template-based (antspyx SyN, template brain mask)"
+        mask = skullstrip.template_mask(img, template_t1w, template_mask, nthreads=nthreads)
+        method = "template-based (whole-head antspyx SyN to the template, its brain mask carried back)"
     else:
         mask, method = skullstrip.deepbet_mask(img, nthreads=nthreads), "deepbet"
     skullstrip.check_brain_volume(mask, method)
