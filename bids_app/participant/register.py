@@ -222,6 +222,9 @@ def register_to_template(t1w_brain: nb.Nifti1Image, template_brain: Path, out_di
                          seed: int = 1, schedule: Schedule = DEFAULT_SCHEDULE) -> TemplateRegistration:
     """Register a brain-extracted, bias-corrected T1w to ``template_brain`` (rigid, affine, SyN).
 
+    The template-based brain extraction passes a whole head and the whole-head template
+    instead (:func:`bids_app.participant.skullstrip.template_mask`).
+
     Writes ``from-T1w_to-<tpl>_mode-image_xfm.h5`` and ``from-<tpl>_to-T1w_mode-image_xfm.h5``
     (ITK composite transforms) into ``out_dir`` and returns their paths with the QC similarity.
     """
