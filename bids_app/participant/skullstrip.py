@@ -80,7 +80,7 @@ def template_mask(img: nb.Nifti1Image, template_t1w, template_mask_img, seed: in
 
     The mask follows the template's convention for the brain's outer edge, which leaves out
     more of the outer CSF than deepbet does, and it cuts into the cortex where the map is
-    off: ~10 % smaller than deepbet's on ds000011 (``bench/brain_mask.py``).
+    off: ~10 % smaller than deepbet's on three ds000011 heads (``bench/brain_mask.py --real``).
     """
     import tempfile
 
