@@ -240,6 +240,7 @@ def prior_free_dseg(root: Path, label: str) -> nb.Nifti1Image:
     from bids_app.demo import phantom
     from bids_app.demo.build import draw_participants, subject_specs
     from bids_app.demo.head import HeadTruth, _to_ants
+    from bids_app.participant.antsio import private_tempdir
 
     folder = root / "bids" / GROUNDTRUTH / "head"
     truth = HeadTruth.load(folder)
@@ -248,7 +249,8 @@ def prior_free_dseg(root: Path, label: str) -> nb.Nifti1Image:
     mask = _to_ants(truth.brain_mask.astype(np.float32), truth.affine)
     corrected = ants.n4_bias_field_correction(_to_ants(truth.t1w * truth.brain_mask, truth.affine), mask=mask,
                                               shrink_factor=4)
-    seg = ants.atropos(a=corrected, x=mask, i="Kmeans[3]", m="[0.1,1x1x1]", c="[5,0]")
+    with private_tempdir():
+        seg = ants.atropos(a=corrected, x=mask, i="Kmeans[3]", m="[0.1,1x1x1]", c="[5,0]")
     csf, gm, wm = (p.numpy().astype(np.float32) * truth.brain_mask for p in seg["probabilityimages"])  # dark->bright
     free = dataclasses.replace(truth, gm=gm, wm=wm, csf=csf)
     spec = next(s for s in subject_specs(draw_participants(n_subjects, seed), truth, seed) if s.label == label)

@@ -138,6 +138,7 @@ def _reference(conformed: str, brain_mask: str, folder: str, threads: int, queue
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     import ants
 
+    from bids_app.participant.antsio import private_tempdir
     from bids_app.resources import get_template
 
     steps = {}
@@ -161,7 +162,8 @@ def _reference(conformed: str, brain_mask: str, folder: str, threads: int, queue
     steps["priors"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    seg = ants.atropos(a=n4, x=mask, i=priors, m="[0.2,1x1x1]", c="[5,0]", priorweight=0.25)
+    with private_tempdir():
+        seg = ants.atropos(a=n4, x=mask, i=priors, m="[0.2,1x1x1]", c="[5,0]", priorweight=0.25)
     steps["atropos"] = time.perf_counter() - t0
     dseg = str(Path(folder) / "ref_dseg.nii.gz")
     ants.image_write(seg["segmentation"], dseg)

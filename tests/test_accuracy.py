@@ -89,10 +89,10 @@ def test_template_phantom_dice(template_run):
     scores = {"brain": _dice(brain, truth(phantom.brain_mask) > 0), "GM": _dice(dseg == 1, true_dseg == 1),
               "WM": _dice(dseg == 2, true_dseg == 2)}
     print("template phantom (seed 3): " + ", ".join(f"{k} Dice {v:.3f}" for k, v in scores.items()))
-    # Measured: brain 0.968, GM 0.891, WM 0.921 (the antspyx reference chain, bench/participant.py
-    # --template-phantom 3: GM 0.841, WM 0.869). deepbet's mask runs ~1.4 mm (median) outside the
-    # template's own brain mask, which leaves out the outermost CSF.
-    assert scores["brain"] >= 0.96, scores
+    # Measured: brain 0.972, GM 0.891, WM 0.921 (the antspyx reference chain, bench/participant.py
+    # --template-phantom 3: GM 0.841, WM 0.869). deepbet's own mask scores 0.968: it keeps ~1 mm
+    # more outer CSF than the template's brain mask, which the trim step takes off.
+    assert scores["brain"] >= 0.97, scores
     assert scores["GM"] >= 0.85, scores
     assert scores["WM"] >= 0.90, scores
 
@@ -116,9 +116,11 @@ def test_brain_and_tissue_dice(phantom_run, which):
     label = phantom_run["patient"] if which == "patient" else BASELINE
     scores = _scores(phantom_run, label)
     print(f"sub-{label}: " + ", ".join(f"{k} Dice {v:.3f}" for k, v in scores.items()))
-    # Targets: brain >= 0.97, GM >= 0.85, WM >= 0.90. Measured on sub-02 (seed 0): brain 0.968,
-    # GM 0.884, WM 0.922. Brain 0.968: deepbet keeps 1-3 mm of vertex CSF that the phantom's ROBEX
-    # mask leaves out, and leaves out posterior-fossa tissue it includes (bench/accuracy.py).
+    # Targets: brain >= 0.97, GM >= 0.85, WM >= 0.90. Measured on sub-02 (seed 0): brain 0.967,
+    # GM 0.884, WM 0.922. The brain target is met on the template phantom (above), not against
+    # ROBEX's reference mask, the truth here: on the undistorted ROBEX head deepbet and HD-BET
+    # agree with each other at 0.982 and each scores 0.968 against it (bench/brain_mask.py). ROBEX
+    # keeps the posterior-fossa CSF below the cerebellum, which both leave out.
     assert scores["brain"] >= 0.96, scores
     assert scores["GM"] >= 0.85, scores
     assert scores["WM"] >= 0.90, scores

@@ -5,9 +5,16 @@ from __future__ import annotations
 import nibabel as nb
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from bids_app.participant.conform import conform
-from bids_app.participant.skullstrip import deepbet_mask, is_brain_extracted, mask_from_stripped, template_mask
+from bids_app.participant.skullstrip import (
+    deepbet_mask,
+    is_brain_extracted,
+    mask_from_stripped,
+    template_mask,
+    trim_outer_csf,
+)
 from bids_app.resources import get_template
 
 from conftest import DS000011, STROKE, require
@@ -28,6 +35,25 @@ def test_mask_of_prestripped_input_is_its_foreground():
     img, _ = conform(nb.load(next(require(STROKE).glob("sub-*/anat/*_T1w.nii.gz"))))
     mask = mask_from_stripped(img)
     assert 900 < _volume_ml(mask) < 1400
+
+
+def test_trim_outer_csf_removes_only_csf_beyond_the_template_edge():
+    """A 24 mm ball of "brain" around a 20 mm template ball: its outer shell is CSF except a
+    wedge of grey matter, and a CSF "ventricle" sits in the middle."""
+    grid = np.indices((64, 64, 64)).astype(float) - 32
+    radius = np.sqrt((grid**2).sum(0))
+    mask, template = radius <= 24, radius <= 20
+    csf = ((radius > 20) | (radius <= 4)).astype(np.float32)
+    wedge = (grid[0] > 8) & (radius > 20)
+    csf[wedge] = 0.1  # grey matter outside the template's edge
+    trimmed = trim_outer_csf(mask, csf, template, (1.0, 1.0, 1.0), margin_mm=1.0)
+    distance = ndimage.distance_transform_edt(~template)
+    assert not (trimmed & ~mask).any()
+    assert trimmed[radius <= 4].all()  # deep CSF stays
+    assert trimmed[mask & wedge].all()  # grey matter stays, however far out
+    assert trimmed[mask & (distance <= 1)].all()  # the margin stays
+    assert not trimmed[mask & ~wedge & (distance > 1)].any()  # the rest of the CSF shell goes
+    assert not trim_outer_csf(np.zeros_like(mask), csf, template, (1.0, 1.0, 1.0)).any()
 
 
 @pytest.mark.slow

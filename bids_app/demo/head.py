@@ -221,7 +221,10 @@ def segment_tissues(head, brain_mask: np.ndarray, affine, priors: list) -> tuple
 
     mask = _to_ants(brain_mask.astype(np.float32), affine)
     corrected = ants.n4_bias_field_correction(head, mask=mask, shrink_factor=4)
-    seg = ants.atropos(a=corrected, x=mask, i=priors, **ATROPOS)
+    from bids_app.participant.antsio import private_tempdir
+
+    with private_tempdir():  # antspyx leaves its posteriors in the temporary folder
+        seg = ants.atropos(a=corrected, x=mask, i=priors, **ATROPOS)
     csf, gm, wm = (p.numpy().astype(np.float32) for p in seg["probabilityimages"])  # prior order
     return gm * brain_mask, wm * brain_mask, csf * brain_mask
 

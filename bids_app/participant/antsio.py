@@ -1,6 +1,10 @@
-"""Exact, in-memory conversion between nibabel (RAS+ world) and ANTs (LPS world) images."""
+"""Exact, in-memory conversion between nibabel (RAS+ world) and ANTs (LPS world) images,
+and a private folder for the temporary files antspyx leaves behind."""
 
 from __future__ import annotations
+
+import contextlib
+import tempfile
 
 import ants
 import nibabel as nb
@@ -33,3 +37,16 @@ def from_ants(image: "ants.ANTsImage", like: nb.Nifti1Image | None = None, dtype
     """ANTsImage -> nibabel image (the affine of ``like`` when given, to avoid round-off)."""
     affine = like.affine if like is not None else affine_of(image)
     return nb.Nifti1Image(image.numpy().astype(dtype, copy=False), affine)
+
+
+@contextlib.contextmanager
+def private_tempdir(prefix: str = "morphobids-ants-"):
+    """Point :mod:`tempfile` at a fresh folder for the duration (antspyx writes its
+    ``antsr*prob*.nii.gz`` files there); the folder and its files are removed after."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+        previous = tempfile.tempdir
+        tempfile.tempdir = folder
+        try:
+            yield folder
+        finally:
+            tempfile.tempdir = previous

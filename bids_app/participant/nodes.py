@@ -77,7 +77,7 @@ def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nth
 
     img = nb.load(in_file)
     if prestripped:
-        mask, method = skullstrip.mask_from_stripped(img), "input already brain-extracted"
+        mask, method = skullstrip.mask_from_stripped(img), skullstrip.PRESTRIPPED_METHOD
     elif mode == "ants":
         mask = skullstrip.template_mask(img, template_t1w, template_mask, nthreads=nthreads)
         method = "template-based (whole-head antspyx SyN to the template, its brain mask carried back)"
@@ -145,6 +145,42 @@ def segment_node(in_file, brain_mask, priors, nthreads):
     dseg_path = os.path.abspath("dseg.nii.gz")
     nb.save(dseg, dseg_path)
     return out, dseg_path
+
+
+def trim_mask_node(brain_mask, method, probseg, dseg, to_template, to_native, template_mask):
+    """The brain mask without the outer CSF beyond the template's brain edge
+    (:func:`~bids_app.participant.skullstrip.trim_outer_csf`), and the tissue maps and labels
+    cut to it; returns (brain_mask, method, probseg, dseg). Input that came brain-extracted
+    keeps its own mask."""
+    import os
+
+    import nibabel as nb
+    import numpy as np
+
+    from bids_app.participant import skullstrip
+    from bids_app.participant.register import TemplateRegistration, to_native as warp
+
+    if method == skullstrip.PRESTRIPPED_METHOD:
+        return brain_mask, method, probseg, dseg
+    mask_img = nb.load(brain_mask)
+    mask = np.asanyarray(mask_img.dataobj) > 0
+    reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float("nan"))
+    template_brain = warp(template_mask, reg, mask_img, "linear").get_fdata() > 0.5
+    csf = np.asanyarray(nb.load(probseg[2]).dataobj)
+    trimmed = skullstrip.trim_outer_csf(mask, csf, template_brain, mask_img.header.get_zooms()[:3])
+
+    def save(name, img, data):
+        path = os.path.abspath(name)
+        out = nb.Nifti1Image(data.astype(img.get_data_dtype()), img.affine, img.header)
+        nb.save(out, path)
+        return path
+
+    # work files, uncompressed: the sink compresses what it publishes
+    maps = [save(f"probseg_{label}.nii", img, np.asanyarray(img.dataobj) * trimmed)
+            for label, img in zip(("GM", "WM", "CSF"), map(nb.load, probseg))]
+    labels = nb.load(dseg)
+    return (save("brain_mask.nii", mask_img, trimmed), f"{method}; {skullstrip.TRIM_METHOD}", maps,
+            save("dseg.nii", labels, np.asanyarray(labels.dataobj) * trimmed))
 
 
 def template_space_node(preproc, brain_mask, probseg, to_template, to_native, reference):
@@ -232,13 +268,16 @@ def thickness_node(dseg, probseg, nthreads):
     return path
 
 
-def morphometry_node(t1w, brain_mask, probseg, atlases, template, prestripped, to_template, to_native,
-                     template_head, thickness=None):
+def morphometry_node(t1w, brain_mask, probseg, extraction_mask, extraction_probseg, atlases, template, prestripped,
+                     to_template, to_native, template_head, thickness=None):
     """Intracranial mask, tissue volumes and atlas ROI volumes (+ mean ROI thickness);
     returns (icv_mask, tissue_tsv, {atlas: tsv}).
 
-    ``template_head``: template T1w, brain mask, GM and CSF maps (paths), for the
-    intracranial mask of brain-extracted input (see intracranial.py)."""
+    The intracranial mask grows from the brain-extraction mask and its tissue maps
+    (``extraction_*``, before ``trim_mask``), whose outer edge it was tuned on; the volumes
+    come from the final ``brain_mask`` and ``probseg``. ``template_head``: template T1w,
+    brain mask, GM and CSF maps (paths), for the intracranial mask of brain-extracted input
+    (see intracranial.py)."""
     import os
 
     import nibabel as nb
@@ -258,7 +297,9 @@ def morphometry_node(t1w, brain_mask, probseg, atlases, template, prestripped, t
         reg = TemplateRegistration(to_template=to_template, to_native=to_native, similarity=float("nan"))
         icv = intracranial.registered_intracranial_mask(tpl_icv, reg, mask)
     else:
-        icv = intracranial.intracranial_mask(nb.load(t1w), mask, prob["CSF"], prob["GM"])
+        grown_from = {label: nb.load(p) for label, p in zip(("GM", "WM", "CSF"), extraction_probseg)}
+        icv = intracranial.intracranial_mask(nb.load(t1w), nb.load(extraction_mask), grown_from["CSF"],
+                                             grown_from["GM"])
     icv_mask = os.path.abspath("intracranial_mask.nii.gz")
     icv.to_filename(icv_mask)
     tissue = tissue_volumes(prob, mask, icv)

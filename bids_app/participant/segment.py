@@ -50,8 +50,6 @@ Atropos at 1 mm and is more accurate on the demo phantoms (``bench/segmentation.
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
 from dataclasses import dataclass
 
 import nibabel as nb
@@ -336,26 +334,13 @@ def partial_volumes(y: np.ndarray, q: np.ndarray, mean: np.ndarray, var: np.ndar
 # --------------------------------------------------------------------------- Atropos
 
 
-@contextlib.contextmanager
-def private_tempdir(prefix: str = "morphobids-atropos-"):
-    """Point :mod:`tempfile` at a fresh folder for the duration (antspyx writes its
-    ``antsr*prob*.nii.gz`` files there); the folder and its files are removed after."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as folder:
-        previous = tempfile.tempdir
-        tempfile.tempdir = folder
-        try:
-            yield folder
-        finally:
-            tempfile.tempdir = previous
-
-
 def atropos_segment(t1w: np.ndarray, mask: np.ndarray, priors: np.ndarray, affine: np.ndarray,
                     iterations: int = 5, mrf: str = "[0.2,1x1x1]", prior_weight: float = 0.25) -> np.ndarray:
     """Posteriors (classes x masked voxels) from antspyx Atropos with prior probability images
     (Avants et al. 2011); ``priors`` in :data:`TISSUES` order, arrays on one grid."""
     import ants
 
-    from bids_app.participant.antsio import to_ants
+    from bids_app.participant.antsio import private_tempdir, to_ants
 
     as_ants = lambda a: to_ants(nb.Nifti1Image(np.asarray(a, np.float32), affine))  # noqa: E731
     with private_tempdir():

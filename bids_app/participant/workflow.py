@@ -3,11 +3,13 @@
 ::
 
     conform -> detect_prestripped -> bias (N4) ----+-> register (rigid/affine/SyN)
-                                  '-> skullstrip --'      |-> priors -> segment -> morphometry
-                                                          |-> atlases ------------^
+                                  '-> skullstrip --'      |-> priors -> segment -> trim_mask -> morphometry
+                                                          |-> atlases -----------------------^
                                                           '-> template_space (+ modulation)
 
-N4 and brain extraction both start from the conformed T1w and run side by side. The
+N4 and brain extraction both start from the conformed T1w and run side by side. Registration
+and segmentation use the extracted brain mask; ``trim_mask`` then removes the outer CSF beyond
+the template's brain edge, and every later step and output uses the trimmed mask. The
 report's processing figures are drawn (``figures``) while QC runs; ``report`` adds the QC
 figures and writes the page once the sink has written the derivatives.
 
@@ -129,6 +131,9 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     segment = _fn(nodes.segment_node, ["in_file", "brain_mask", "priors", "nthreads"], ["probseg", "dseg"],
                   "segment", 2.0)  # one slot: the EM is single-threaded
     segment.inputs.nthreads = threads
+    trim = _fn(nodes.trim_mask_node, ["brain_mask", "method", "probseg", "dseg", "to_template", "to_native",
+                                      "template_mask"], ["brain_mask", "method", "probseg", "dseg"], "trim_mask", 1.0)
+    trim.inputs.template_mask = str(resources["mask-res1"])
     std = _fn(nodes.template_space_node, ["preproc", "brain_mask", "probseg", "to_template", "to_native",
                                           "reference"], ["std"], "template_space", 1.5)
     std.inputs.reference = str(resources[f"T1w-res{res}"])
@@ -136,8 +141,9 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
                   ["atlases"], "atlases", 1.0)
     atlases.inputs.atlas_names = list(settings.atlases)
     atlases.inputs.template = settings.template
-    morph = _fn(nodes.morphometry_node, ["t1w", "brain_mask", "probseg", "atlases", "template", "prestripped",
-                                         "to_template", "to_native", "template_head", "thickness"],
+    morph = _fn(nodes.morphometry_node, ["t1w", "brain_mask", "probseg", "extraction_mask", "extraction_probseg",
+                                         "atlases", "template", "prestripped", "to_template", "to_native",
+                                         "template_head", "thickness"],
                 ["icv_mask", "tissue_tsv", "atlas_tsv"], "morphometry", 1.0)
     morph.inputs.template = settings.template
     morph.inputs.template_head = {"T1w": str(resources["T1w-res1"]), "mask": str(resources["mask-res1"]),
@@ -167,7 +173,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         thickness = _fn(nodes.thickness_node, ["dseg", "probseg", "nthreads"], ["thickness"], "thickness", 2.0,
                         threads)
         thickness.inputs.nthreads = threads
-        wf.connect([(segment, thickness, [("dseg", "dseg"), ("probseg", "probseg")]),
+        wf.connect([(trim, thickness, [("dseg", "dseg"), ("probseg", "probseg")]),
                     (thickness, morph, [("thickness", "thickness")]),
                     (thickness, sink, [("thickness", "thickness")])])
 
@@ -189,8 +195,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     wf.connect([
         (sink, report, [("written", "written")]),
         (bias, figures, [("corrected", "preproc"), ("biasfield", "biasfield")]),
-        (strip, figures, [("brain_mask", "brain_mask")]),
-        (segment, figures, [("dseg", "dseg")]),
+        (trim, figures, [("brain_mask", "brain_mask"), ("dseg", "dseg")]),
         (morph, figures, [("icv_mask", "icv_mask")]),
         (std, figures, [("std", "std")]),
         (figures, report, [("figures", "figures")]),
@@ -206,31 +211,33 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (bias, segment, [("corrected", "in_file")]),
         (strip, segment, [("brain_mask", "brain_mask")]),
         (warp_priors, segment, [("priors", "priors")]),
+        (strip, trim, [("brain_mask", "brain_mask"), ("method", "method")]),
+        (segment, trim, [("probseg", "probseg"), ("dseg", "dseg")]),
+        (register, trim, [("to_template", "to_template"), ("to_native", "to_native")]),
         (bias, std, [("corrected", "preproc")]),
-        (strip, std, [("brain_mask", "brain_mask")]),
-        (segment, std, [("probseg", "probseg")]),
+        (trim, std, [("brain_mask", "brain_mask"), ("probseg", "probseg")]),
         (register, std, [("to_template", "to_template"), ("to_native", "to_native")]),
         (bias, atlases, [("corrected", "reference")]),
         (register, atlases, [("to_template", "to_template"), ("to_native", "to_native")]),
         (bias, morph, [("corrected", "t1w")]),
         (detect, morph, [("prestripped", "prestripped")]),
-        (strip, morph, [("brain_mask", "brain_mask")]),
-        (segment, morph, [("probseg", "probseg")]),
+        (trim, morph, [("brain_mask", "brain_mask"), ("probseg", "probseg")]),
+        (strip, morph, [("brain_mask", "extraction_mask")]),
+        (segment, morph, [("probseg", "extraction_probseg")]),
         (atlases, morph, [("atlases", "atlases")]),
         (register, morph, [("to_template", "to_template"), ("to_native", "to_native")]),
         (detect, sink, [("prestripped", "prestripped")]),
         (conform, sink, [("info_json", "conform_json")]),
         (bias, sink, [("corrected", "preproc"), ("biasfield", "biasfield"), ("head_mask", "head_mask")]),
-        (strip, sink, [("brain_mask", "brain_mask"), ("method", "skullstrip_method")]),
-        (segment, sink, [("dseg", "dseg"), ("probseg", "probseg")]),
+        (trim, sink, [("brain_mask", "brain_mask"), ("method", "skullstrip_method"), ("dseg", "dseg"),
+                      ("probseg", "probseg")]),
         (register, sink, [("to_template", "to_template"), ("to_native", "to_native"), ("similarity", "similarity")]),
         (std, sink, [("std", "std")]),
         (atlases, sink, [("atlases", "atlases")]),
         (morph, sink, [("icv_mask", "icv_mask"), ("tissue_tsv", "tissue_tsv"), ("atlas_tsv", "atlas_tsv")]),
         (conform, qc, [("out_file", "t1w"), ("info_json", "conform_json")]),
         (bias, qc, [("corrected", "corrected"), ("head_mask", "head_mask"), ("biasfield", "biasfield")]),
-        (strip, qc, [("brain_mask", "brain_mask")]),
-        (segment, qc, [("probseg", "probseg"), ("dseg", "dseg")]),
+        (trim, qc, [("brain_mask", "brain_mask"), ("probseg", "probseg"), ("dseg", "dseg")]),
         (warp_priors, qc, [("priors", "priors")]),
         (register, qc, [("to_template", "to_template"), ("to_native", "to_native"), ("similarity", "similarity")]),
         (detect, qc, [("prestripped", "prestripped")]),

@@ -158,6 +158,13 @@ def processing_figures(t1w, brain_mask, dseg, std_t1w, template_mask, biasfield,
             "bias_svg": figures.bias_field(biasfield, brain_mask)}
 
 
+def _brain_extraction(out: d.Outputs) -> dict[str, str]:
+    """The brain mask's method, as its sidecar records it (it differs between participants)."""
+    sidecar = d.sidecar_path(out.path("brain_mask"))
+    method = json.loads(sidecar.read_text()).get("Method") if sidecar.is_file() else None
+    return {"brain extraction": method} if method else {}
+
+
 def write_participant_report(output_dir: str, subject: str, session: str | None, template: str, res_label: str,
                              template_mask: str, methods: dict, source: str, warnings: list[str] | None = None,
                              *, qc_masks: Mapping[str, str | Path] | None = None,
@@ -190,6 +197,6 @@ def write_participant_report(output_dir: str, subject: str, session: str | None,
         template=template, summary=summary, warnings=warnings or [],
         qc=quality_section(out, qc_masks, draw_background),
         seg_svg=svgs["seg_svg"], norm_svg=svgs["norm_svg"], bias_svg=svgs["bias_svg"],
-        methods=sorted(methods.items()),
+        methods=sorted({**methods, **_brain_extraction(out)}.items()),
     )
     return str(d.write_text(out.report(), html))
