@@ -77,7 +77,7 @@ def skullstrip_node(in_file, prestripped, mode, template_t1w, template_mask, nth
 
     img = nb.load(in_file)
     if prestripped:
-        mask, method = skullstrip.mask_from_stripped(img), skullstrip.PRESTRIPPED_METHOD
+        mask, method = skullstrip.mask_from_stripped(img), "input already brain-extracted"
     elif mode == "ants":
         mask = skullstrip.template_mask(img, template_t1w, template_mask, nthreads=nthreads)
         method = "template-based (whole-head antspyx SyN to the template, its brain mask carried back)"
@@ -147,7 +147,7 @@ def segment_node(in_file, brain_mask, priors, nthreads):
     return out, dseg_path
 
 
-def trim_mask_node(brain_mask, method, probseg, dseg, to_template, to_native, template_mask):
+def trim_mask_node(brain_mask, method, prestripped, probseg, dseg, to_template, to_native, template_mask):
     """The brain mask without the outer CSF beyond the template's brain edge
     (:func:`~bids_app.participant.skullstrip.trim_outer_csf`), and the tissue maps and labels
     cut to it; returns (brain_mask, method, probseg, dseg). Input that came brain-extracted
@@ -160,7 +160,7 @@ def trim_mask_node(brain_mask, method, probseg, dseg, to_template, to_native, te
     from bids_app.participant import skullstrip
     from bids_app.participant.register import TemplateRegistration, to_native as warp
 
-    if method == skullstrip.PRESTRIPPED_METHOD:
+    if prestripped:
         return brain_mask, method, probseg, dseg
     mask_img = nb.load(brain_mask)
     mask = np.asanyarray(mask_img.dataobj) > 0

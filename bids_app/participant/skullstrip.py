@@ -33,9 +33,6 @@ def is_brain_extracted(img: nb.Nifti1Image) -> bool:
     return PRESTRIPPED_MIN_ML <= foreground_volume_ml(img) <= PRESTRIPPED_MAX_ML
 
 
-#: The method recorded for input that came brain-extracted (its mask is kept as it is).
-PRESTRIPPED_METHOD = "input already brain-extracted"
-
 #: Brain masks outside this range (mL) are not a human brain: the processing stops.
 PLAUSIBLE_BRAIN_ML = (400.0, 2600.0)
 

@@ -131,8 +131,9 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
     segment = _fn(nodes.segment_node, ["in_file", "brain_mask", "priors", "nthreads"], ["probseg", "dseg"],
                   "segment", 2.0)  # one slot: the EM is single-threaded
     segment.inputs.nthreads = threads
-    trim = _fn(nodes.trim_mask_node, ["brain_mask", "method", "probseg", "dseg", "to_template", "to_native",
-                                      "template_mask"], ["brain_mask", "method", "probseg", "dseg"], "trim_mask", 1.0)
+    trim = _fn(nodes.trim_mask_node, ["brain_mask", "method", "prestripped", "probseg", "dseg", "to_template",
+                                      "to_native", "template_mask"], ["brain_mask", "method", "probseg", "dseg"],
+               "trim_mask", 1.0)
     trim.inputs.template_mask = str(resources["mask-res1"])
     std = _fn(nodes.template_space_node, ["preproc", "brain_mask", "probseg", "to_template", "to_native",
                                           "reference"], ["std"], "template_space", 1.5)
@@ -212,6 +213,7 @@ def init_session_wf(inputs: SessionInputs, settings: Settings, resources: dict) 
         (strip, segment, [("brain_mask", "brain_mask")]),
         (warp_priors, segment, [("priors", "priors")]),
         (strip, trim, [("brain_mask", "brain_mask"), ("method", "method")]),
+        (detect, trim, [("prestripped", "prestripped")]),
         (segment, trim, [("probseg", "probseg"), ("dseg", "dseg")]),
         (register, trim, [("to_template", "to_template"), ("to_native", "to_native")]),
         (bias, std, [("corrected", "preproc")]),
